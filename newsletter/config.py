@@ -199,6 +199,9 @@ def _build_section(name: str, cls: type, values: dict[str, Any], base: Path, ori
     return cls(**converted)
 
 
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
+
+
 def _convert(key: str, annotation: Any, value: Any, base: Path, origin: str) -> Any:
     """Coerce one value to its declared type, or raise a ConfigError naming the key."""
     kind = str(annotation)
@@ -229,7 +232,8 @@ def _convert(key: str, annotation: Any, value: Any, base: Path, origin: str) -> 
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{origin}: '{key}' must be a {kind.replace('pathlib.', '')}, not {value!r}") from None
+        expected = _TYPE_WORDS.get(kind.replace("pathlib.", ""), kind)
+        raise ConfigError(f"{origin}: '{key}' must be {expected}, not {value!r}") from None
 
 
 def _apply_env(sections: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

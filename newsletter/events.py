@@ -28,7 +28,16 @@ MONTHS = tuple(calendar.month_name)[1:]
 WORDS_MIN, WORDS_MAX = 200, 400
 SECTIONS_MIN, SECTIONS_MAX = 3, 5
 SUMMARY_MAX = 200
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe YAML loader that leaves dates as text, so that we check them ourselves."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 @dataclass(frozen=True)
@@ -388,7 +397,7 @@ def _check_body(event: Event, body: list[str], start: int, report: _Report) -> N
 
 
 def _looks_like_url(text: str) -> bool:
-    return "://" in text or text.lower().startswith(("http", "www."))
+    return bool(re.match(r"[a-z][a-z0-9+.-]*:(?!\s)|www\.|\S*//|\S+\.[a-z]{2,}/", text, re.IGNORECASE))
 
 
 def _valid_url(url: str) -> bool:

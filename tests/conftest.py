@@ -151,7 +151,9 @@ class RecordingHandler:
         with self.lock:
             if self.replies:
                 return self.replies.pop(0)
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content)
+            )
         return "250 Message accepted"
 
     def recipients(self) -> list[str]:

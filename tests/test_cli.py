@@ -1,0 +1,104 @@
+"""The command line: thin commands, one-line errors, help for every command."""
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from newsletter.cli import cli
+from tests.conftest import event_text, write_event
+
+
+@pytest.fixture
+def run(settings, tmp_path, monkeypatch):
+    """Invoke the CLI in-process with the test configuration; returns (exit code, stdout, stderr)."""
+
+    monkeypatch.setenv("NEWSLETTER_SECRET", "test-secret")
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(cli, ["--config", str(tmp_path / "newsletter.toml"), *args], catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+def all_commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), list(all_commands(cli)), ids=lambda v: " ".join(v) if isinstance(v, tuple) else ""
+)
+def test_every_command_has_help_text(path, command):
+    assert command.help, f"'newsletter {' '.join(path)}' has no help text"
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_send_dry_run_names_the_date_event_and_subject(run):
+    code, out, _ = run("send", "--dry-run", "--date", "2026-06-24")
+    assert code == 0
+    assert "date: 2026-06-24" in out
+    assert "event: A June 24 event (1995)" in out
+    assert "subject: June 24: A June 24 event" in out
+
+
+def test_dry_run_changes_no_state(run, tmp_path):
+    run("send", "--dry-run", "--date", "2026-06-24")
+    assert not (tmp_path / "var").exists()
+
+
+def test_events_check_passes_on_a_good_library(run):
+    code, out, _ = run("events", "check")
+    assert code == 0
+    assert out.splitlines()[-1] == "coverage: 4/366 days"
+
+
+def test_events_check_reports_one_line_per_problem_and_fails(run, event_folder):
+    first = "On July 2, 2012, officers defected to Turkey. " * 10
+    bad = write_event(event_folder, "06-26-bad.md", event_text("Bad", "2012-06-26", first=first))
+    code, out, _ = run("events", "check")
+    assert code == 1
+    assert f"{bad}:18: error: the first section dates the event 'July 2, 2012' but its date is 2012-06-26" in out
+    assert "coverage: 4/366 days" in out
+
+
+def test_events_check_strict_fails_on_warnings(run, event_folder):
+    write_event(event_folder, "06-27-short.md", event_text("Short", "2001-06-27", sections=2))
+    assert run("events", "check")[0] == 0
+    assert run("events", "check", "--strict")[0] == 1
+
+
+def test_no_event_for_the_date_is_one_line_error(run):
+    code, _, err = run("send", "--dry-run", "--date", "2026-03-03")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("Error: no event for March 3 (2026-03-03)")
+
+
+def test_config_command_prints_the_effective_settings(run):
+    code, out, _ = run("config")
+    assert code == 0 and "[smtp]" in out and "NEWSLETTER_SECRET = ********" in out
+
+
+def subprocess_newsletter(*args, cwd=None, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
+    )
+
+
+def test_bad_date_is_one_line_without_traceback(tmp_path):
+    result = subprocess_newsletter("send", "--dry-run", "--date", "2026-02-30", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "Error: Invalid value for '--date': '2026-02-30' is not a date in the form YYYY-MM-DD\n"
+
+
+def test_bad_config_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "newsletter.toml").write_text('[newsletter]\ntimezone = "Nowhere/City"\n')
+    result = subprocess_newsletter("send", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "'newsletter.timezone' is not an IANA time zone" in result.stderr
