@@ -140,9 +140,43 @@ def send_command(ctx: Context, day: date | None, dry_run: bool) -> None:
     edition = load_edition(ctx, day)
     click.echo(f"date: {day.isoformat()}")
     click.echo(f"event: {edition.event.title} ({edition.event.year_label}) [{edition.event.id}]")
-    click.echo(f"subject: {render.subject_for(edition, ctx.settings)}")
+    rendered = render.render_edition(edition, ctx.settings, allow_insecure_secret=dry_run)
+    click.echo(f"subject: {rendered.subject}")
+    click.echo(rendered.describe_size())
     if not dry_run:
         raise NewsletterError("real sending is not available yet; use --dry-run")
+
+
+@cli.command("preview")
+@click.option("--date", "day", type=DATE, help="Edition date (default: today in newsletter.timezone).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "text", "eml"]),
+    default="html",
+    show_default=True,
+    help="html or text part, or the whole message for a sample subscriber.",
+)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
+)
+@pass_ctx
+def preview_command(ctx: Context, day: date | None, fmt: str, output: Path | None) -> None:
+    """Render the edition of a date as HTML, plain text or a whole .eml message."""
+    from newsletter import render
+
+    edition = load_edition(ctx, day or ctx.today())
+    rendered = render.render_edition(edition, ctx.settings, allow_insecure_secret=True)
+    data = {
+        "html": rendered.html.encode("utf-8"),
+        "text": rendered.text.encode("utf-8"),
+        "eml": rendered.message_for(render.SAMPLE),
+    }[fmt]
+    if output is None:
+        click.echo(data.decode("utf-8"), nl=False)
+        return
+    output.write_bytes(data)
+    click.echo(f"wrote {output} ({len(data)} bytes)", err=True)
 
 
 def main() -> None:

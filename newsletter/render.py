@@ -1,16 +1,86 @@
-"""Render an edition: the subject line (more to come: HTML, text and the MIME message)."""
+"""Render an edition: subject, inlined-CSS HTML, plain text, and the MIME message per subscriber.
+
+The expensive work (Jinja2, Markdown, premailer, MIME assembly) runs once per edition in
+``render_edition``. The result holds the finished message as byte segments split at a few
+placeholders; ``RenderedEdition.message_for`` only joins those segments with a subscriber's
+values (address, greeting name, unsubscribe link, Message-ID), so personalizing costs a few
+microseconds per subscriber.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
+import textwrap
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr
 from html import escape
+from pathlib import Path
+from urllib.parse import quote, urljoin
 
 import jinja2
+import premailer
 from markdown_it import MarkdownIt
 
+from newsletter import tokens
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.events import Event
 from newsletter.selection import Edition
+from newsletter.subscribers import Subscriber
+
+log = logging.getLogger(__name__)
+
+HTML_LIMIT = 100 * 1024  # Gmail clips a message body above about 102 KB, hiding the footer
+TEXT_WIDTH = 78
+SAMPLE = Subscriber("reader@example.com", "Sample Reader")
+
+# Placeholders: ASCII words that survive every step (Jinja escaping, premailer, 8bit MIME).
+_TO, _MSGID, _UNSUB, _NAME_HTML, _NAME_TEXT, _UNSUB_HTML = (
+    f"XXNEWSLETTER{name}XX".encode() for name in ("TO", "MSGID", "UNSUB", "NAMEHTML", "NAMETEXT", "UNSUBHTML")
+)
+_PLACEHOLDER = re.compile(rb"XXNEWSLETTER(TO|MSGID|UNSUB|NAMEHTML|NAMETEXT|UNSUBHTML)XX")
+
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+
+
+def markdown_html(text: str) -> str:
+    """Render an event's Markdown to HTML; raw HTML in the source is escaped, never passed."""
+    return _markdown.render(text)
+
+
+def markdown_text(text: str, links: list[str]) -> str:
+    """Render Markdown as plain paragraphs wrapped at 78 columns; links become [n] and join ``links``."""
+    paragraphs: list[str] = []
+    for token in _markdown.parse(text):
+        if token.type != "inline":
+            continue
+        words: list[str] = []
+        for child in token.children or []:
+            if child.type in ("text", "code_inline"):
+                words.append(child.content)
+            elif child.type in ("softbreak", "hardbreak"):
+                words.append(" ")
+            elif child.type == "link_close":
+                words.append(f" [{len(links)}]")
+            elif child.type == "link_open":
+                links.append(str(child.attrs.get("href", "")))
+        paragraphs.append(textwrap.fill(" ".join("".join(words).split()), TEXT_WIDTH))
+    return "\n\n".join(paragraphs)
+
+
+def article_html(event: Event) -> str:
+    """Return the article as clean semantic HTML (sections, fun fact, reading), for feeds and the archive."""
+    parts = [f"<h2>{escape(s.heading)}</h2>\n{markdown_html(s.text)}" for s in event.sections]
+    parts.append(f"<h2>Fun fact</h2>\n<p>{escape(event.fun_fact)}</p>")
+    books = "".join(f"<li><cite>{escape(b.title)}</cite> by {escape(b.author)}</li>" for b in event.reading)
+    parts.append(f"<h2>Recommended reading</h2>\n<ul>{books}</ul>")
+    return "\n".join(parts)
 
 
 def subject_for(edition: Edition, settings: Settings) -> str:
@@ -22,21 +92,224 @@ def subject_for(edition: Edition, settings: Settings) -> str:
         )
     except jinja2.TemplateError as exc:
         raise ConfigError(f"'newsletter.subject' cannot be rendered: {exc}") from None
+    return clean_line(text)
+
+
+def clean_line(text: str) -> str:
+    """Collapse whitespace and drop control characters (CR, LF, NUL...): safe for one header line."""
+    text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
     return " ".join(text.split())
 
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+def list_id(settings: Settings) -> str:
+    """Return the List-Id identifier (RFC 2919), also bound into every link token."""
+    return f"onthisday.{settings.sender_domain}"
 
 
-def markdown_html(text: str) -> str:
-    """Render an event's Markdown to HTML; raw HTML in the source is escaped, never passed."""
-    return _markdown.render(text)
+def archive_url(settings: Settings, day: date) -> str:
+    """Return the public URL of an edition's archive page."""
+    return urljoin(settings.newsletter.base_url, f"{day:%Y/%m/%d}/")
 
 
-def article_html(event: Event) -> str:
-    """Return the article as clean semantic HTML (sections, fun fact, reading), for feeds and the archive."""
-    parts = [f"<h2>{escape(s.heading)}</h2>\n{markdown_html(s.text)}" for s in event.sections]
-    parts.append(f"<h2>Fun fact</h2>\n<p>{escape(event.fun_fact)}</p>")
-    books = "".join(f"<li><cite>{escape(b.title)}</cite> by {escape(b.author)}</li>" for b in event.reading)
-    parts.append(f"<h2>Recommended reading</h2>\n<ul>{books}</ul>")
-    return "\n".join(parts)
+def unsubscribe_url(settings: Settings, email: str, secret: str) -> str:
+    """Return the one-click unsubscribe URL with a token that cannot be forged."""
+    token = tokens.make_token(secret, email, list_id(settings))
+    return urljoin(settings.newsletter.base_url, f"unsubscribe?token={token}")
+
+
+def message_id(settings: Settings, day: date, email: str) -> str:
+    """Return the Message-ID of an edition for one address: the same on every (re)send."""
+    digest = hashlib.sha256(f"{list_id(settings)}\0{email.lower()}".encode()).hexdigest()[:24]
+    return f"<{day:%Y%m%d}.{digest}@{settings.sender_domain}>"
+
+
+def years_ago(event: Event, day: date) -> str:
+    years = event.years_before(day.year)
+    return "this very year" if years == 0 else f"{years} year{'s' if years != 1 else ''} ago"
+
+
+@dataclass(frozen=True)
+class RenderedEdition:
+    """An edition rendered once, ready to be personalized for each subscriber."""
+
+    edition: Edition
+    subject: str
+    html: str  # inlined HTML with the sample subscriber's values
+    text: str  # plain text with the sample subscriber's values
+    settings: Settings
+    secret: str
+    segments: tuple[bytes, ...]  # the message, split at placeholders
+    slots: tuple[bytes, ...]  # the placeholder name between segments[i] and segments[i+1]
+
+    def message_id_for(self, subscriber: Subscriber) -> str:
+        return message_id(self.settings, self.edition.day, subscriber.email)
+
+    def message_for(self, subscriber: Subscriber) -> bytes:
+        """Return the complete message (CRLF line endings) for one subscriber."""
+        values = self._values(subscriber)
+        parts = [self.segments[0]]
+        for slot, segment in zip(self.slots, self.segments[1:], strict=True):
+            parts.append(values[slot])
+            parts.append(segment)
+        return b"".join(parts)
+
+    def _values(self, subscriber: Subscriber) -> dict[bytes, bytes]:
+        name = clean_line(subscriber.name)
+        url = unsubscribe_url(self.settings, subscriber.email, self.secret)
+        return {
+            b"TO": formataddr((name, subscriber.email), charset="utf-8").encode("ascii", "surrogateescape"),
+            b"MSGID": self.message_id_for(subscriber).encode("ascii"),
+            b"UNSUB": url.encode("ascii"),
+            b"UNSUBHTML": escape(url).encode("ascii"),
+            b"NAMEHTML": (", " + escape(name)).encode("utf-8") if name else b"",
+            b"NAMETEXT": (", " + name).encode("utf-8") if name else b"",
+        }
+
+    @property
+    def html_size(self) -> int:
+        return len(self.html.encode("utf-8"))
+
+    def describe_size(self) -> str:
+        """One line for operators: the sizes that matter for clipping and throughput."""
+        message = len(self.message_for(SAMPLE))
+        verdict = "ok" if self.html_size <= HTML_LIMIT else "TOO BIG: Gmail will clip it"
+        return f"size: HTML {self.html_size / 1024:.1f} KB, message {message / 1024:.1f} KB ({verdict}, limit {HTML_LIMIT // 1024} KB)"
+
+
+def render_edition(
+    edition: Edition, settings: Settings, *, allow_insecure_secret: bool = False, now: datetime | None = None
+) -> RenderedEdition:
+    """Render an edition once: Jinja2 templates, premailer inlining, the MIME message with placeholders."""
+    now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    secret = settings.signing_secret(allow_insecure=allow_insecure_secret)
+    subject = subject_for(edition, settings)
+    env = _environment(settings.paths.templates)
+    context = _context(edition, settings, subject)
+    html = _inline(env.get_template("email/email.html").render(context), settings.paths.templates)
+    html = _short_lines(html)
+    text = env.get_template("email/email.txt").render(_text_context(edition, context))
+    template = _message_template(settings, subject, html, text, now)
+    pieces = _PLACEHOLDER.split(template)
+    rendered = RenderedEdition(
+        edition=edition, subject=subject, html="", text="", settings=settings, secret=secret,
+        segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]),
+    )  # fmt: skip
+    sample = rendered._values(SAMPLE)
+    html_out = _fill(html.encode(), sample).decode()
+    text_out = _fill(text.encode(), sample).decode()
+    if len(html_out.encode()) > HTML_LIMIT:
+        log.warning("the HTML of %s is %d bytes: Gmail clips above %d", edition.day, len(html_out.encode()), HTML_LIMIT)
+    return RenderedEdition(**{**rendered.__dict__, "html": html_out, "text": text_out})
+
+
+def _fill(data: bytes, values: dict[bytes, bytes]) -> bytes:
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], data)
+
+
+def _environment(templates: Path) -> jinja2.Environment:
+    if not (templates / "email" / "email.html").is_file():
+        raise ConfigError(f"{templates}: no email/email.html template here (check paths.templates)")
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _context(edition: Edition, settings: Settings, subject: str) -> dict[str, object]:
+    event = edition.event
+    sections = [
+        {"heading": s.heading, "html": jinja2.utils.markupsafe.Markup(markdown_html(s.text))} for s in event.sections
+    ]
+    return {
+        "language": settings.newsletter.language,
+        "subject": subject,
+        "title": settings.newsletter.title,
+        "date_label": edition.date_label,
+        "event": event,
+        "years_ago": years_ago(event, edition.day),
+        "sections": sections,
+        "archive_url": archive_url(settings, edition.day),
+        "unsubscribe_url": jinja2.utils.markupsafe.Markup(_UNSUB_HTML.decode()),
+        "greeting_name": jinja2.utils.markupsafe.Markup(_NAME_HTML.decode()),
+        "postal_address": settings.newsletter.postal_address,
+        "sender_name": settings.sender.name,
+        # Fills the preview line after the summary, so clients do not show body text there.
+        "preheader_padding": jinja2.utils.markupsafe.Markup("&#847;&zwnj;&nbsp;" * 40),
+    }
+
+
+def _text_context(edition: Edition, context: dict[str, object]) -> dict[str, object]:
+    links: list[str] = []
+    sections = [{"heading": s.heading, "text": markdown_text(s.text, links)} for s in edition.event.sections]
+    return {
+        **context,
+        "sections": sections,
+        "links": links,
+        "fun_fact": textwrap.fill(edition.event.fun_fact, TEXT_WIDTH),
+        "books": [
+            textwrap.fill(f"- {b.title}, by {b.author}", TEXT_WIDTH, subsequent_indent="  ")
+            for b in edition.event.reading
+        ],
+        "unsubscribe_url": _UNSUB.decode(),
+        "greeting_name": _NAME_TEXT.decode(),
+    }
+
+
+def _inline(html: str, templates: Path) -> str:
+    """Inline the stylesheet with premailer (offline); keep the @media rules in a <style> block."""
+    css = (templates / "email" / "email.css").read_text(encoding="utf-8")
+    media = (templates / "email" / "media.css").read_text(encoding="utf-8")
+    inliner = premailer.Premailer(
+        html,
+        css_text=css,
+        allow_network=False,
+        allow_loading_external_files=False,
+        strip_important=False,  # the kept @media rules need !important to beat inline styles
+        keep_style_tags=False,
+        remove_classes=False,  # the @media rules select by class
+        disable_validation=True,
+        cssutils_logging_level=logging.CRITICAL,
+        disable_link_rewrites=True,
+    )
+    inlined = inliner.transform(pretty_print=False)
+    return inlined.replace("</head>", f'<style type="text/css">\n{media}</style>\n</head>', 1)
+
+
+def _short_lines(html: str, limit: int = 900) -> str:
+    """Break lines longer than SMTP allows (998) at a space, which HTML treats like a line break."""
+    out: list[str] = []
+    for line in html.splitlines():
+        while len(line) > limit:
+            cut = line.rfind(" ", 0, limit)
+            cut = cut if cut > 0 else line.find(" ", limit)
+            if cut < 0:
+                break
+            out.append(line[:cut])
+            line = line[cut + 1 :]
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _message_template(settings: Settings, subject: str, html: str, text: str, now: datetime) -> bytes:
+    """Build the MIME message once, with placeholders where each subscriber's values go."""
+    message = EmailMessage(policy=SMTP)
+    message["From"] = formataddr((clean_line(settings.sender.name), settings.sender.address), charset="utf-8")
+    message["Subject"] = subject
+    message["Date"] = format_datetime(now.astimezone(UTC))
+    message["List-Id"] = f"{clean_line(settings.newsletter.title)} <{list_id(settings)}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if settings.sender.reply_to:
+        message["Reply-To"] = settings.sender.reply_to
+    message.set_content(text, subtype="plain", charset="utf-8", cte="8bit")
+    message.add_alternative(html, subtype="html", charset="utf-8", cte="8bit")
+    mailto = f"mailto:{settings.sender.address}?subject={quote('unsubscribe')}"
+    personal = (
+        b"To: " + _TO + b"\r\n"
+        b"Message-ID: " + _MSGID + b"\r\n"
+        b"List-Unsubscribe: <" + _UNSUB + b">,\r\n <" + mailto.encode("ascii") + b">\r\n"
+    )
+    return personal + message.as_bytes()

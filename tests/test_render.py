@@ -1,0 +1,196 @@
+"""Rendering: the inlined HTML email, its plain-text twin, and a message mail servers trust."""
+
+import email
+import email.policy
+from datetime import UTC, date, datetime
+from email.utils import getaddresses, parsedate_to_datetime
+
+import pytest
+
+from newsletter import tokens
+from newsletter.events import load_events
+from newsletter.render import HTML_LIMIT, list_id, render_edition
+from newsletter.selection import select_edition
+from newsletter.subscribers import Subscriber
+from tests.conftest import event_text, write_event
+
+NOW = datetime(2026, 6, 25, 5, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def rendered(settings):
+    edition = select_edition(date(2026, 6, 24), load_events(settings.paths.events))
+    return render_edition(edition, settings, now=NOW)
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def parts(message):
+    text, html = message.get_payload()
+    return text.get_content(), html.get_content()
+
+
+def test_message_is_multipart_alternative_text_first_html_last(rendered):
+    message = parse(rendered.message_for(Subscriber("ada@example.com", "Ada")))
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.get_payload()] == ["text/plain", "text/html"]
+    assert all(p.get_content_charset() == "utf-8" for p in message.get_payload())
+    assert message.defects == []
+
+
+def test_every_header(rendered, settings):
+    subscriber = Subscriber("ada@example.com", "Ada Lovelace")
+    message = parse(rendered.message_for(subscriber))
+    assert message["From"] == "What happened today in history? <history@example.org>"
+    assert getaddresses([message["To"]]) == [("Ada Lovelace", "ada@example.com")]
+    assert message["Subject"] == "June 24: A June 24 event"
+    assert parsedate_to_datetime(message["Date"]) == NOW
+    assert message["Message-ID"] == rendered.message_id_for(subscriber)
+    assert message["Message-ID"].endswith("@example.org>")
+    assert message["List-Id"] == f"What happened today in history? <{list_id(settings)}>"
+    https, mailto = [u.strip().strip("<>") for u in message["List-Unsubscribe"].split(",")]
+    assert https.startswith("https://example.org/history/unsubscribe?token=")
+    assert tokens.read_token("test-secret", https.split("token=")[1], list_id(settings)) == "ada@example.com"
+    assert mailto == "mailto:history@example.org?subject=unsubscribe"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["Reply-To"] is None
+
+
+def test_reply_to_when_configured(make_settings, event_folder, tmp_path):
+    settings = make_settings('[sender]\nreply_to = "editor@example.org"\n', events=event_folder)
+    edition = select_edition(date(2026, 6, 24), load_events(event_folder))
+    assert (
+        parse(render_edition(edition, settings, now=NOW).message_for(Subscriber("a@example.com")))["Reply-To"]
+        == "editor@example.org"
+    )
+
+
+def test_message_id_is_deterministic_per_edition_and_subscriber(rendered, settings):
+    again = render_edition(rendered.edition, settings, now=datetime(2026, 6, 25, 9, 0, tzinfo=UTC))
+    ada, bob = Subscriber("ada@example.com"), Subscriber("bob@example.com")
+    assert (
+        rendered.message_id_for(ada) == again.message_id_for(ada) == again.message_id_for(Subscriber("ADA@example.com"))
+    )
+    assert rendered.message_id_for(ada) != rendered.message_id_for(bob)
+
+
+def test_personal_parts_differ_per_subscriber_and_nothing_leaks(rendered):
+    ada = parse(rendered.message_for(Subscriber("ada@example.com", "Ada")))
+    bob = parse(rendered.message_for(Subscriber("bob@example.com", "")))
+    ada_text, ada_html = parts(ada)
+    bob_text, bob_html = parts(bob)
+    assert "Good morning, Ada," in ada_text and "Good morning, Ada," in ada_html
+    assert "Good morning," in bob_text and "Ada" not in bob_text + bob_html
+    assert ada["List-Unsubscribe"] != bob["List-Unsubscribe"]
+    assert b"XXNEWSLETTER" not in rendered.message_for(Subscriber("x@example.com"))
+
+
+def test_html_has_the_edition_shape(rendered):
+    html = rendered.html
+    assert "What happened today in history?" in html
+    assert ">June 24</span>" in html
+    assert "A June 24 event" in html and "June 24, 1995" in html
+    for heading in ("What happened", "Why it mattered", "What followed", "Fun fact", "Recommended reading"):
+        assert heading in html
+    assert "<em>A Real Book</em> by A. Real Author" in html
+    assert 'href="https://example.org/history/2026/06/24/"' in html  # view in browser
+    assert "unsubscribe?token=" in html
+    assert 'class="preheader"' in html and "Something true and interesting happened" in html
+
+
+def test_css_is_inlined_and_media_rules_are_kept_with_important(rendered):
+    html = rendered.html
+    assert 'style="' in html and "font-family" in html
+    assert "@media (prefers-color-scheme: dark)" in html
+    assert "@media only screen and (max-width: 620px)" in html
+    assert "!important" in html  # premailer's strip_important would have removed it
+    assert 'width="600"' in html and "max-width: 600px" in html.replace("max-width:600px", "max-width: 600px")
+
+
+def test_plain_text_has_every_section_and_the_links(settings, event_folder):
+    write_event(
+        event_folder,
+        "06-26-linked.md",
+        event_text("Linked event", "1990-06-26").replace(
+            "## Why it mattered\n\n", "## Why it mattered\n\nSee [the record](https://en.wikipedia.org/wiki/Record). "
+        ),
+    )
+    edition = select_edition(date(2026, 6, 26), load_events(event_folder))
+    text = render_edition(edition, settings, now=NOW).text
+    for heading in ("WHAT HAPPENED", "WHY IT MATTERED", "WHAT FOLLOWED", "FUN FACT", "RECOMMENDED READING"):
+        assert heading in text
+    assert "See the record [1]." in text
+    assert "[1] https://en.wikipedia.org/wiki/Record" in text
+    assert "Unsubscribe: https://example.org/history/unsubscribe?token=" in text
+    assert "<" not in text.replace("<https", "")
+    assert max(len(line) for line in text.splitlines() if not line.startswith(("[", "Unsubscribe", "Read it"))) <= 78
+
+
+def test_hostile_names_cannot_break_headers(rendered):
+    hostile = Subscriber("eve@example.com", 'Eve "the" <b>Hacker</b>\r\nBcc: victim@example.org\nX: é')
+    data = rendered.message_for(hostile)
+    message = parse(data)
+    assert message["Bcc"] is None and message["X"] is None
+    assert getaddresses([message["To"]]) == [
+        ('Eve "the" <b>Hacker</b> Bcc: victim@example.org X: é', "eve@example.com")
+    ]
+    assert message.defects == [] and all(not p.defects for p in message.get_payload())
+    text, html = parts(message)
+    assert "&lt;b&gt;Hacker&lt;/b&gt;" in html and "<b>Hacker" not in html
+    assert data.count(b"\r\n\r\n") >= 3  # header/body separations only where MIME puts them
+    for line in data.split(b"\r\n"):
+        assert b"\n" not in line and b"\r" not in line
+
+
+def test_hostile_event_text_is_escaped(settings, event_folder):
+    write_event(
+        event_folder,
+        "06-27-hostile.md",
+        event_text("Ben & Jerry's <script>alert(1)</script>", "1978-06-27").replace(
+            "## Why it mattered\n\n", "## Why it mattered\n\n<script>alert('x')</script> & <img src=x onerror=y> "
+        ),
+    )
+    edition = select_edition(date(2026, 6, 27), load_events(event_folder))
+    rendered = render_edition(edition, settings, now=NOW)
+    message = parse(rendered.message_for(Subscriber("a@example.com")))
+    assert message["Subject"] == "June 27: Ben & Jerry's <script>alert(1)</script>"
+    _, html = parts(message)
+    assert "<script" not in html and "<img" not in html
+    assert "Ben &amp; Jerry" in html and "&lt;script&gt;" in html
+
+
+def test_non_ascii_subject_and_sender_are_encoded(make_settings, event_folder):
+    write_event(event_folder, "06-28-cafe.md", event_text("Café Zürich opens — 東京", "1911-06-28"))
+    settings = make_settings('[sender]\nname = "Frédérique Ørsted"\n', events=event_folder)
+    edition = select_edition(date(2026, 6, 28), load_events(event_folder))
+    data = render_edition(edition, settings, now=NOW).message_for(Subscriber("a@example.com", "Zoë"))
+    header_block = data.split(b"\r\n\r\n")[0]
+    header_block.decode("ascii")  # headers are 7-bit
+    message = parse(data)
+    assert message["Subject"] == "June 28: Café Zürich opens — 東京"
+    assert message["From"].addresses[0].display_name == "Frédérique Ørsted"
+    assert message["To"].addresses[0].display_name == "Zoë"
+
+
+def test_html_stays_under_the_gmail_clipping_limit(rendered):
+    assert rendered.html_size < HTML_LIMIT
+    assert len(rendered.message_for(Subscriber("a@example.com"))) < HTML_LIMIT + 20_000
+
+
+def test_no_line_is_longer_than_smtp_allows(rendered):
+    assert max(len(line) for line in rendered.message_for(Subscriber("a@example.com", "A")).split(b"\r\n")) <= 998
+
+
+def test_real_send_requires_the_secret(make_settings, event_folder):
+    settings = make_settings(events=event_folder, env={"NEWSLETTER_SMTP_HOST": "x"})
+    edition = select_edition(date(2026, 6, 24), load_events(event_folder))
+    with pytest.raises(Exception, match="NEWSLETTER_SECRET is not set"):
+        render_edition(edition, settings)
+    assert render_edition(edition, settings, allow_insecure_secret=True).html
+
+
+def test_naive_now_is_rejected(rendered, settings):
+    with pytest.raises(ValueError, match="aware"):
+        render_edition(rendered.edition, settings, now=datetime(2026, 6, 25, 5, 0))
