@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from newsletter import __version__, config, events, selection, state
+from newsletter import __version__, config, delivery, events, selection, state, subscribers
 from newsletter.errors import NewsletterError
+from newsletter.ledger import SQLiteLedger
 
 log = logging.getLogger("newsletter")
 
@@ -128,23 +129,112 @@ def load_edition(ctx: Context, day: date) -> selection.Edition:
     return selection.select_edition(day, library, history, folder)
 
 
+class BarProgress(delivery.Progress):
+    """A tqdm progress bar on a terminal; nothing otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="msg", file=sys.stderr)
+
+    def update(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @cli.command("send")
 @click.option("--date", "day", type=DATE, help="Edition date (default: today in newsletter.timezone).")
 @click.option("--dry-run", is_flag=True, help="Do everything but connect to a server or change state.")
+@click.option(
+    "--to", "to_address", metavar="ADDRESS", help="Send one test copy to ADDRESS, recorded apart from the edition."
+)
+@click.option(
+    "--outbox",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write each recipient's message as an .eml file in DIR instead of sending.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Retry only the recipients whose delivery failed with a temporary error."
+)
 @pass_ctx
-def send_command(ctx: Context, day: date | None, dry_run: bool) -> None:
-    """Send the edition of a date to every subscriber."""
-    from newsletter import render
-
+def send_command(
+    ctx: Context, day: date | None, dry_run: bool, to_address: str | None, outbox: Path | None, retry_failed: bool
+) -> None:
+    """Send the edition of a date to every subscriber, exactly once."""
+    settings = ctx.settings
     day = day or ctx.today()
-    edition = load_edition(ctx, day)
-    click.echo(f"date: {day.isoformat()}")
-    click.echo(f"event: {edition.event.title} ({edition.event.year_label}) [{edition.event.id}]")
-    rendered = render.render_edition(edition, ctx.settings, allow_insecure_secret=dry_run)
-    click.echo(f"subject: {rendered.subject}")
-    click.echo(rendered.describe_size())
-    if not dry_run:
-        raise NewsletterError("real sending is not available yet; use --dry-run")
+    if dry_run or outbox:
+        report = delivery.dry_run(settings, day, outbox=outbox)
+        event = report.edition.event
+        click.echo(f"date: {day.isoformat()}")
+        click.echo(f"event: {event.title} ({event.year_label}) [{event.id}]")
+        click.echo(f"subject: {report.rendered.subject}")
+        click.echo(report.rendered.describe_size())
+        for problem in report.tally.problems:
+            click.echo(f"skipped: {problem}")
+        verb = "written to " + str(outbox) if outbox else "would be sent"
+        click.echo(f"recipients: {report.recipients} ({verb}; {report.already} already done)")
+        click.echo(report.tally.skipped_summary())
+        return
+    if to_address:
+        reply = delivery.send_test_copy(settings, day, to_address)
+        click.echo(f"test copy of {day.isoformat()} sent to {to_address}: {reply}")
+        return
+    result = delivery.send_day(settings, day, retry_failed=retry_failed, progress=BarProgress())
+    click.echo(result.summary())
+    if not result.complete:
+        click.echo(
+            f"Error: {result.failed} recipients failed temporarily; run 'newsletter send --retry-failed --date {day.isoformat()}' later",
+            err=True,
+        )
+        sys.exit(3)
+
+
+@cli.command("status")
+@click.option("--date", "day", type=DATE, help="Show one edition in detail.")
+@pass_ctx
+def status_command(ctx: Context, day: date | None) -> None:
+    """Show the editions in the ledger and their counts."""
+    conn = state.connect_readonly(ctx.settings.paths.state)
+    if conn is None:
+        click.echo("no edition has been sent yet")
+        return
+    ledger = SQLiteLedger(conn)
+    editions = state.recorded_editions(conn)
+    rows = [(day, ledger.counts(day))] if day else ledger.editions()
+    click.echo(f"{'date':<12}{'event':<44}{'delivered':>10}{'bounced':>9}{'failed':>8}{'pending':>9}")
+    for when, counts in rows:
+        click.echo(
+            f"{when.isoformat():<12}{editions.get(when, '-')[:43]:<44}{counts['delivered']:>10}{counts['bounced']:>9}{counts['failed']:>8}{counts['pending']:>9}"
+        )
+
+
+@cli.group("subscribers")
+def subscribers_group() -> None:
+    """Inspect the subscriber list."""
+
+
+@subscribers_group.command("check")
+@pass_ctx
+def subscribers_check(ctx: Context) -> None:
+    """Report the subscriber list's problems without sending; exit 1 if any row is bad."""
+    settings = ctx.settings
+    conn = state.connect_readonly(settings.paths.state)
+    tally = subscribers.Tally()
+    count = sum(1 for _ in subscribers.iter_recipients(settings.paths.subscribers, conn, tally))
+    for problem in tally.problems:
+        click.echo(str(problem))
+    click.echo(f"{settings.paths.subscribers}: {count} recipients; {tally.skipped_summary()}")
+    if tally.problems:
+        sys.exit(1)
 
 
 @cli.command("preview")

@@ -77,6 +77,7 @@ class SmtpSettings:
     max_per_hour: int = 0  # messages per hour, 0 = unlimited
     max_attempts: int = 5  # tries for a temporary failure before it stays "failed"
     retry_delay: float = 1.0  # first backoff in seconds, doubled on every retry
+    ca_file: Path | None = None  # PEM bundle to trust for TLS instead of the system's (private relays)
 
 
 @dataclass(frozen=True)

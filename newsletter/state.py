@@ -50,6 +50,36 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0010-deliveries",
+        """
+        CREATE TABLE deliveries (
+            day TEXT NOT NULL,               -- the edition date (the reader's local date)
+            email TEXT NOT NULL,             -- lower-cased address: the key
+            address TEXT NOT NULL,           -- the address as written
+            name TEXT NOT NULL DEFAULT '',
+            timezone TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'delivered', 'failed', 'bounced', 'skipped')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_reply TEXT NOT NULL DEFAULT '',
+            message_id TEXT NOT NULL DEFAULT '',
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (day, email)
+        );
+        CREATE INDEX deliveries_by_status ON deliveries (day, status);
+        CREATE INDEX deliveries_by_message_id ON deliveries (message_id);
+        CREATE TABLE test_sends (
+            id INTEGER PRIMARY KEY,
+            day TEXT NOT NULL,
+            email TEXT NOT NULL,
+            status TEXT NOT NULL,
+            last_reply TEXT NOT NULL DEFAULT '',
+            message_id TEXT NOT NULL DEFAULT '',
+            sent_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 

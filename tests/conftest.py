@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -139,6 +140,8 @@ class RecordingHandler:
     messages: list[Received] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
     reject: dict[str, str] = field(default_factory=dict)  # address -> reply at RCPT
+    delay: float = 0.0  # seconds to wait before answering DATA (a slow server)
+    drop: int = 0  # close the connection instead of answering the next N DATA commands
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(self, server, session, envelope: Envelope, address: str, rcpt_options) -> str:  # noqa: N802
@@ -148,7 +151,13 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope: Envelope) -> str:  # noqa: N802
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self.lock:
+            if self.drop:
+                self.drop -= 1
+                server.transport.close()
+                return "421 closing"
             if self.replies:
                 return self.replies.pop(0)
             self.messages.append(

@@ -1,0 +1,515 @@
+"""Delivery over SMTP: parallel reused connections, rate limits, retries, and the ledger.
+
+Every recipient ends in one of: delivered (the server said 250 to DATA), bounced (a 5xx
+reply: suppressed, never retried), or failed (temporary errors outlasted smtp.max_attempts:
+``send --retry-failed`` tries again). Rows stay 'pending' until one of those is recorded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import smtplib
+import sqlite3
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+from newsletter import state
+from newsletter.config import Settings
+from newsletter.errors import DeliveryError
+from newsletter.events import load_events
+from newsletter.ledger import Due, SQLiteLedger
+from newsletter.render import RenderedEdition, render_edition
+from newsletter.selection import Edition, select_edition
+from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SendResult:
+    """The outcome of one run of sending an edition."""
+
+    day: date
+    delivered: int = 0
+    bounced: int = 0
+    failed: int = 0  # temporary failures left after smtp.max_attempts
+    skipped: int = 0  # invalid rows, duplicates and suppressed addresses
+    planned: int = 0  # recipients newly added to the ledger by this run
+    duration: float = 0.0
+    interrupted: bool = False
+    skipped_detail: str = ""
+
+    @property
+    def sent(self) -> int:
+        return self.delivered + self.bounced + self.failed
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every recipient reached a final state (nothing left to retry)."""
+        return self.failed == 0 and not self.interrupted
+
+    def summary(self) -> str:
+        detail = f" ({self.skipped_detail})" if self.skipped_detail else ""
+        note = ", interrupted" if self.interrupted else ""
+        return (
+            f"{self.day.isoformat()}: delivered {self.delivered}, bounced {self.bounced}, failed {self.failed}, "
+            f"skipped {self.skipped}{detail}, {self.duration:.1f} s, {self.rate:.0f} messages/s{note}"
+        )
+
+
+class Abort(Exception):
+    """A problem that stops the whole run (authentication, connection impossible)."""
+
+
+class Temporary(Exception):
+    """A failure worth retrying: 4xx replies, dropped connections, timeouts."""
+
+
+class Permanent(Exception):
+    """A 5xx reply for this recipient: bounce, never retry."""
+
+
+def open_smtp(settings: Settings) -> smtplib.SMTP:
+    """Connect (and STARTTLS / TLS, and AUTH) as the [smtp] settings say."""
+    smtp = settings.smtp
+    context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
+    try:
+        if smtp.security == "tls":
+            server: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
+        else:
+            server = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
+            server.ehlo()
+            if smtp.security == "starttls":
+                server.starttls(context=context)
+                server.ehlo()
+        if smtp.username:
+            if not settings.smtp_password:
+                raise Abort("smtp.username is set but NEWSLETTER_SMTP_PASSWORD is not")
+            server.login(smtp.username, settings.smtp_password)
+    except smtplib.SMTPAuthenticationError as exc:
+        raise Abort(
+            f"SMTP authentication failed for {smtp.username!r}: {exc.smtp_code} {_text(exc.smtp_error)}"
+        ) from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise Abort(f"the SMTP server does not support what [smtp] asks for: {exc}") from None
+    except ssl.SSLError as exc:
+        raise Abort(
+            f"TLS with {smtp.host}:{smtp.port} failed: {exc.reason or exc} (check smtp.security and smtp.ca_file)"
+        ) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise Temporary(f"cannot connect to {smtp.host}:{smtp.port}: {exc}") from None
+    return server
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+class Throttle:
+    """Space sends to smtp.rate_limit per second and at most smtp.max_per_hour per rolling hour."""
+
+    def __init__(self, per_second: float, per_hour: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.per_hour = per_hour
+        self.clock = clock
+        self._next = 0.0
+        self._recent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Block until the next send is allowed; return False if asked to stop meanwhile."""
+        if not self.interval and not self.per_hour:
+            return not stop.is_set()
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            if self.per_hour:
+                while self._recent and self._recent[0] <= now - 3600:
+                    self._recent.popleft()
+                if len(self._recent) >= self.per_hour:
+                    slot = max(slot, self._recent[0] + 3600)
+                self._recent.append(slot)
+            self._next = slot + self.interval
+        delay = slot - self.clock()
+        return not stop.wait(delay) if delay > 0 else not stop.is_set()
+
+
+@dataclass
+class _Shared:
+    """State shared by the sending threads of one run."""
+
+    settings: Settings
+    rendered: RenderedEdition
+    ledger: SQLiteLedger
+    throttle: Throttle
+    stop: threading.Event
+    progress: Callable[[int], None] | None
+    result: SendResult
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    abort: str | None = None
+
+    def count(self, outcome: str) -> None:
+        with self.lock:
+            setattr(self.result, outcome, getattr(self.result, outcome) + 1)
+        if self.progress:
+            self.progress(1)
+
+
+def send_edition(
+    settings: Settings,
+    rendered: RenderedEdition,
+    ledger: SQLiteLedger,
+    *,
+    only_failed: bool = False,
+    stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+    result: SendResult | None = None,
+) -> SendResult:
+    """Send the edition to every due ledger row over smtp.connections parallel connections."""
+    day = rendered.edition.day
+    result = result or SendResult(day)
+    shared = _Shared(
+        settings,
+        rendered,
+        ledger,
+        Throttle(settings.smtp.rate_limit, settings.smtp.max_per_hour),
+        stop or threading.Event(),
+        progress,
+        result,
+    )
+    work: queue.Queue[Due | None] = queue.Queue(maxsize=settings.smtp.connections * 64)
+    workers = [
+        threading.Thread(target=_worker, args=(shared, work), name=f"smtp-{i}", daemon=True)
+        for i in range(settings.smtp.connections)
+    ]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    try:
+        _feed(ledger.due(day, only_failed=only_failed), work, shared)
+    finally:
+        for _ in workers:
+            work.put(None)
+        for worker in workers:
+            worker.join()
+        result.duration = time.perf_counter() - started
+    result.interrupted = shared.stop.is_set() and shared.abort is None
+    if shared.abort:
+        raise DeliveryError(
+            f"{shared.abort}; {result.delivered} delivered before it stopped, the rest stay pending (re-run send)"
+        )
+    return result
+
+
+def _feed(due: Iterator[Due], work: queue.Queue[Due | None], shared: _Shared) -> None:
+    for item in due:
+        while not shared.stop.is_set():
+            try:
+                work.put(item, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        if shared.stop.is_set():
+            return
+
+
+def _worker(shared: _Shared, work: queue.Queue[Due | None]) -> None:
+    connection = _Connection(shared.settings)
+    try:
+        while (item := work.get()) is not None:
+            if shared.stop.is_set():
+                continue  # drain: what was not sent stays pending
+            _deliver_one(shared, connection, item)
+    finally:
+        connection.close()
+
+
+def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
+    """Send one message with retries; record the outcome in the ledger."""
+    settings, rendered, day = shared.settings, shared.rendered, shared.rendered.edition.day
+    subscriber = item.subscriber
+    message_id = rendered.message_id_for(subscriber)
+    data = rendered.message_for(subscriber)
+    delay = settings.smtp.retry_delay
+    for attempt in range(1, settings.smtp.max_attempts + 1):
+        if not shared.throttle.wait(shared.stop):
+            return
+        try:
+            reply = connection.send(settings.sender.address, subscriber.email, data)
+        except Permanent as exc:
+            shared.ledger.mark_bounced(day, subscriber.email, str(exc), message_id)
+            state.suppress(shared.ledger.conn, subscriber.email, "bounced", str(exc))
+            log.info("bounced %s: %s", subscriber.email, exc)
+            shared.count("bounced")
+            return
+        except Abort as exc:
+            shared.abort = str(exc)
+            shared.stop.set()
+            return
+        except Temporary as exc:
+            if attempt == settings.smtp.max_attempts:
+                shared.ledger.mark_failed(day, subscriber.email, str(exc), message_id)
+                log.warning("failed %s after %d attempts: %s", subscriber.email, attempt, exc)
+                shared.count("failed")
+                return
+            shared.ledger.mark_retry(day, subscriber.email, str(exc))
+            log.debug("retrying %s in %.1f s: %s", subscriber.email, delay, exc)
+            if shared.stop.wait(delay):
+                return
+            delay *= 2
+            continue
+        shared.ledger.mark_delivered(day, subscriber.email, reply, message_id)
+        shared.count("delivered")
+        return
+
+
+class _Connection:
+    """One SMTP connection, opened lazily, reused for many messages, reopened after a drop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server: smtplib.SMTP | None = None
+
+    def send(self, sender: str, recipient: str, data: bytes) -> str:
+        if self.server is None:
+            self.server = open_smtp(self.settings)
+        try:
+            return _transaction(self.server, sender, recipient, data)
+        except Temporary:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.server is not None:
+            try:
+                self.server.quit()
+            except (OSError, smtplib.SMTPException):
+                self.server.close()
+            self.server = None
+
+
+def _transaction(server: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:
+    """MAIL, RCPT, DATA for one recipient; return the final reply or raise Temporary / Permanent / Abort."""
+    options = ["BODY=8BITMIME"] if server.has_extn("8bitmime") else []
+    try:
+        code, reply = server.mail(sender, options)
+        if code != 250:
+            _reset(server)
+            if code >= 500:
+                raise Abort(f"the server refused the sender {sender}: {code} {_text(reply)} (check sender.address)")
+            raise Temporary(f"{code} {_text(reply)}")
+        code, reply = server.rcpt(recipient)
+        if code not in (250, 251):
+            _reset(server)
+            raise (Permanent if code >= 500 else Temporary)(f"{code} {_text(reply)}")
+        code, reply = server.data(data)
+        if code != 250:
+            _reset(server)
+            raise (Permanent if code >= 500 else Temporary)(f"{code} {_text(reply)}")
+    except smtplib.SMTPResponseException as exc:
+        raise (Permanent if exc.smtp_code >= 500 else Temporary)(f"{exc.smtp_code} {_text(exc.smtp_error)}") from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise Temporary(f"connection lost: {exc or type(exc).__name__}") from None
+    return f"{code} {_text(reply)}"
+
+
+def _reset(server: smtplib.SMTP) -> None:
+    with suppress(OSError, smtplib.SMTPException):
+        server.rset()
+
+
+@contextmanager
+def edition_lock(state_dir: Path, day: date) -> Iterator[None]:
+    """Hold the lock of an edition: a second send of the same date exits with a clear message."""
+    folder = state_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"send-{day.isoformat()}.lock"
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DeliveryError(
+                f"another send of the {day.isoformat()} edition is running (pid {holder}); wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def send_test(settings: Settings, rendered: RenderedEdition, address: str, ledger: SQLiteLedger) -> str:
+    """Send one test copy to an address, recorded apart from the edition; return the server's reply."""
+    subscriber = Subscriber(address, "")
+    message_id = rendered.message_id_for(subscriber)
+    connection = _Connection(settings)
+    try:
+        reply = connection.send(settings.sender.address, address, rendered.message_for(subscriber))
+    except (Temporary, Permanent, Abort) as exc:
+        ledger.record_test_send(rendered.edition.day, address, "failed", str(exc), message_id)
+        raise DeliveryError(f"test copy to {address} failed: {exc}") from None
+    finally:
+        connection.close()
+    ledger.record_test_send(rendered.edition.day, address, "delivered", reply, message_id)
+    return reply
+
+
+def write_outbox(rendered: RenderedEdition, subscribers: Iterable[Subscriber], folder: Path) -> int:
+    """Write each recipient's message as an .eml file instead of sending; return how many."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for subscriber in subscribers:
+        name = "".join(ch if ch.isalnum() or ch in "@._-+" else "_" for ch in subscriber.key)
+        path = folder / f"{rendered.edition.day.isoformat()}_{name}.eml"
+        temporary = path.with_suffix(".eml.tmp")
+        temporary.write_bytes(rendered.message_for(subscriber))
+        os.replace(temporary, path)
+        count += 1
+    return count
+
+
+class Progress:
+    """What the CLI shows while sending; the default shows nothing."""
+
+    def start(self, total: int) -> None:
+        """Called once with the number of messages due."""
+
+    def update(self, count: int) -> None:
+        """Called after each recipient reaches an outcome."""
+
+    def close(self) -> None:
+        """Called when the run ends."""
+
+
+def record_edition(settings: Settings, day: date, conn: sqlite3.Connection, *, existing_only: bool = False) -> Edition:
+    """Select the edition of a date and record it, so that it never changes afterwards."""
+    folder = settings.paths.events
+    history = state.recorded_editions(conn)
+    if existing_only and day not in history:
+        raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
+    edition = select_edition(day, load_events(folder), history, folder)
+    state.record_edition(conn, day, edition.event.id)
+    return edition
+
+
+def send_day(
+    settings: Settings,
+    day: date,
+    *,
+    retry_failed: bool = False,
+    select: Callable[[Subscriber], bool] | None = None,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> SendResult:
+    """The real send of one edition: lock it, record it, render it, plan recipients, send."""
+    progress = progress or Progress()
+    conn = state.connect(settings.paths.state)
+    try:
+        with edition_lock(settings.paths.state, day):
+            ledger = SQLiteLedger(conn)
+            rendered = render_edition(
+                record_edition(settings, day, conn, existing_only=retry_failed), settings, now=now
+            )
+            result = SendResult(day)
+            if not retry_failed:
+                tally = Tally()
+                recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
+                result.planned = ledger.plan(day, filter(select, recipients) if select else recipients)
+                _note_skipped(result, tally)
+            counts = ledger.counts(day)
+            progress.start(counts["failed"] if retry_failed else counts["pending"] + counts["failed"])
+            try:
+                return send_edition(
+                    settings,
+                    rendered,
+                    ledger,
+                    only_failed=retry_failed,
+                    stop=stop,
+                    progress=progress.update,
+                    result=result,
+                )
+            finally:
+                progress.close()
+    finally:
+        conn.close()
+
+
+def _note_skipped(result: SendResult, tally: Tally) -> None:
+    for problem in tally.problems:
+        log.warning("skipped %s", problem)
+    result.skipped = tally.invalid + tally.duplicates + tally.suppressed
+    result.skipped_detail = f"{tally.invalid} invalid, {tally.duplicates} duplicate, {tally.suppressed} suppressed"
+
+
+@dataclass
+class DryRun:
+    """What a send would do, computed without a network connection or a change of state."""
+
+    edition: Edition
+    rendered: RenderedEdition
+    recipients: int
+    tally: Tally
+    already: int  # recipients with a final outcome in the ledger already
+
+
+def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> DryRun:
+    """Select, render and count (or write to an outbox) without touching the network or the state."""
+    conn = state.connect_readonly(settings.paths.state)
+    try:
+        history = state.recorded_editions(conn) if conn else {}
+        edition = select_edition(day, load_events(settings.paths.events), history, settings.paths.events)
+        rendered = render_edition(edition, settings, allow_insecure_secret=True)
+        tally = Tally()
+        recipients = iter_recipients(settings.paths.subscribers, conn, tally)
+        done = _final_keys(conn, day)
+        pending = (s for s in recipients if s.key not in done)
+        count = write_outbox(rendered, pending, outbox) if outbox else sum(1 for _ in pending)
+        return DryRun(edition, rendered, count, tally, len(done))
+    finally:
+        if conn:
+            conn.close()
+
+
+def _final_keys(conn: sqlite3.Connection | None, day: date) -> frozenset[str]:
+    if conn is None:
+        return frozenset()
+    rows = conn.execute(
+        "SELECT email FROM deliveries WHERE day = ? AND status IN ('delivered', 'bounced', 'skipped')",
+        (day.isoformat(),),
+    )
+    return frozenset(row[0] for row in rows)
+
+
+def send_test_copy(settings: Settings, day: date, address: str) -> str:
+    """Send a test copy of a date's edition to one address, without touching the edition's rows."""
+    try:
+        address = check_address(address)
+    except ValueError as exc:
+        raise DeliveryError(f"--to {address!r} is not a valid email address: {exc}") from None
+    conn = state.connect(settings.paths.state)
+    try:
+        history = state.recorded_editions(conn)
+        edition = select_edition(day, load_events(settings.paths.events), history, settings.paths.events)
+        return send_test(settings, render_edition(edition, settings), address, SQLiteLedger(conn))
+    finally:
+        conn.close()

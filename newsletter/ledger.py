@@ -1,0 +1,180 @@
+"""The delivery ledger: one row per (edition date, subscriber), the single source of truth.
+
+A message is marked delivered only after the SMTP server accepted it, in one committed
+statement. Rows are 'pending' until a final outcome, so after a crash every row not yet
+'delivered' or 'bounced' is simply sent again; only messages in flight at the crash can
+be sent twice, and they carry the same Message-ID. The interface is small (plan, due,
+mark, counts) so that a PostgreSQL implementation can stand beside this SQLite one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Protocol
+
+from newsletter.state import utcnow_text
+from newsletter.subscribers import Subscriber
+
+STATUSES = ("pending", "delivered", "failed", "bounced", "skipped")
+FINAL = frozenset({"delivered", "bounced", "skipped"})
+
+
+@dataclass(frozen=True)
+class Due:
+    """A recipient still to be mailed for an edition."""
+
+    rowid: int
+    subscriber: Subscriber
+    attempts: int
+
+
+class Ledger(Protocol):
+    """What delivery needs from a ledger; SQLiteLedger implements it."""
+
+    def plan(self, day: date, subscribers: Iterable[Subscriber]) -> int: ...
+    def due(self, day: date, *, only_failed: bool = False) -> Iterator[Due]: ...
+    def delivered(self, day: date, emails: Iterable[str]) -> set[str]: ...
+    def mark_delivered(self, day: date, email: str, reply: str, message_id: str) -> None: ...
+    def mark_retry(self, day: date, email: str, reply: str) -> None: ...
+    def mark_failed(self, day: date, email: str, reply: str, message_id: str) -> None: ...
+    def mark_bounced(self, day: date, email: str, reply: str, message_id: str) -> None: ...
+    def counts(self, day: date) -> dict[str, int]: ...
+    def editions(self) -> list[tuple[date, dict[str, int]]]: ...
+
+
+class SQLiteLedger:
+    """The ledger in the state database; safe to share between sending threads."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def plan(self, day: date, subscribers: Iterable[Subscriber], batch: int = 2000) -> int:
+        """Add a pending row for every subscriber not yet in this edition; return how many were new."""
+        added = 0
+        rows: list[tuple[str, ...]] = []
+        for subscriber in subscribers:
+            rows.append(
+                (day.isoformat(), subscriber.key, subscriber.email, subscriber.name, subscriber.timezone, utcnow_text())
+            )
+            if len(rows) >= batch:
+                added += self._insert(rows)
+                rows = []
+        return added + self._insert(rows)
+
+    def _insert(self, rows: list[tuple[str, ...]]) -> int:
+        if not rows:
+            return 0
+        with self._lock:
+            before = self.conn.total_changes
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+            return self.conn.total_changes - before
+
+    def due(self, day: date, *, only_failed: bool = False, chunk: int = 1000) -> Iterator[Due]:
+        """Stream the rows still to send (pending and failed, or only failed), in chunks, oldest first."""
+        statuses = ("failed",) if only_failed else ("pending", "failed")
+        marks = ",".join("?" * len(statuses))
+        last = 0
+        while True:
+            with self._lock:
+                rows = self.conn.execute(
+                    f"SELECT rowid, address, name, timezone, attempts FROM deliveries d WHERE day = ? AND status IN ({marks}) "
+                    "AND rowid > ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
+                    "ORDER BY rowid LIMIT ?",
+                    (day.isoformat(), *statuses, last, chunk),
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield Due(row[0], Subscriber(row[1], row[2], row[3]), row[4])
+            last = rows[-1][0]
+
+    def delivered(self, day: date, emails: Iterable[str]) -> set[str]:
+        """Return which of these addresses (lower case) already have a final outcome for the edition."""
+        keys = [e.lower() for e in emails]
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                found.update(
+                    row[0]
+                    for row in self.conn.execute(
+                        f"SELECT email FROM deliveries WHERE day = ? AND status IN ('delivered', 'bounced', 'skipped') "
+                        f"AND email IN ({','.join('?' * len(part))})",
+                        (day.isoformat(), *part),
+                    )
+                )
+        return found
+
+    def _update(self, day: date, email: str, status: str, reply: str, message_id: str | None, attempt: int) -> None:
+        with self._lock:
+            self.conn.execute(
+                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + ?, "
+                "message_id = COALESCE(?, message_id), updated_at = ? WHERE day = ? AND email = ?",
+                (status, reply[:500], attempt, message_id, utcnow_text(), day.isoformat(), email.lower()),
+            )
+
+    def mark_delivered(self, day: date, email: str, reply: str, message_id: str) -> None:
+        """Record that the server accepted the message (250): final."""
+        self._update(day, email, "delivered", reply, message_id, 1)
+
+    def mark_retry(self, day: date, email: str, reply: str) -> None:
+        """Record a temporary failure that will be retried in this run."""
+        self._update(day, email, "pending", reply, None, 1)
+
+    def mark_failed(self, day: date, email: str, reply: str, message_id: str) -> None:
+        """Record a temporary failure that exhausted its attempts (send --retry-failed tries again)."""
+        self._update(day, email, "failed", reply, message_id, 1)
+
+    def mark_bounced(self, day: date, email: str, reply: str, message_id: str) -> None:
+        """Record a permanent rejection (5xx): final, never retried."""
+        self._update(day, email, "bounced", reply, message_id, 1)
+
+    def counts(self, day: date) -> dict[str, int]:
+        """Count the edition's rows per status."""
+        result = dict.fromkeys(STATUSES, 0)
+        with self._lock:
+            for status, count in self.conn.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE day = ? GROUP BY status", (day.isoformat(),)
+            ):
+                result[status] = count
+        return result
+
+    def editions(self) -> list[tuple[date, dict[str, int]]]:
+        """Every edition in the ledger, newest first, with its counts per status."""
+        table: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for day, status, count in self.conn.execute(
+                "SELECT day, status, COUNT(*) FROM deliveries GROUP BY day, status"
+            ):
+                table.setdefault(day, dict.fromkeys(STATUSES, 0))[status] = count
+        return [(date.fromisoformat(day), counts) for day, counts in sorted(table.items(), reverse=True)]
+
+    def find_message(self, message_id: str) -> tuple[date, str] | None:
+        """Return (edition date, address) of a Message-ID we sent, for bounce handling."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT day, address FROM deliveries WHERE message_id = ?", (message_id.strip(),)
+            ).fetchone()
+        return (date.fromisoformat(row[0]), row[1]) if row else None
+
+    def record_test_send(self, day: date, email: str, status: str, reply: str, message_id: str) -> None:
+        """Record a --to test copy, apart from the edition's rows."""
+        with self._lock:
+            self.conn.execute(
+                "INSERT INTO test_sends (day, email, status, last_reply, message_id, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (day.isoformat(), email, status, reply[:500], message_id, utcnow_text()),
+            )

@@ -1,0 +1,333 @@
+"""Delivery against a real SMTP server on 127.0.0.1: exactly once, through every fault."""
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from newsletter import state
+from newsletter.delivery import Throttle, dry_run, edition_lock, send_day, send_test_copy
+from newsletter.errors import DeliveryError
+from newsletter.ledger import SQLiteLedger
+from tests.conftest import RecordingHandler, free_port
+
+DAY = date(2026, 6, 24)
+
+
+def subscribers_csv(path: Path, count: int, extra: str = "") -> Path:
+    rows = "".join(f"reader{i}@example.com,Reader {i},\n" for i in range(count))
+    path.write_text("email,name,timezone\n" + rows + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_sender(make_settings, event_folder, tmp_path):
+    """Settings that send to a given server with a given subscriber list."""
+
+    def build(server, count=5, extra="", smtp="", env=None):
+        csv = subscribers_csv(tmp_path / "subscribers.csv", count, extra)
+        security = "" if "security" in smtp else 'security = "none"\n'
+        toml = f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\n{security}retry_delay = 0.01\nmax_attempts = 3\ntimeout = 5\n{smtp}'
+        return make_settings(
+            toml,
+            env={"NEWSLETTER_SECRET": "s", **(env or {})},
+            events=event_folder,
+            state=tmp_path / "var",
+            public=tmp_path / "public",
+            subscribers=csv,
+        )
+
+    return build
+
+
+def ledger_rows(settings, day=DAY):
+    conn = state.connect(settings.paths.state)
+    return {
+        row["email"]: dict(row) for row in conn.execute("SELECT * FROM deliveries WHERE day = ?", (day.isoformat(),))
+    }
+
+
+def test_every_subscriber_gets_one_message_and_a_delivered_row(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=12)
+    result = send_day(settings, DAY)
+    assert (result.delivered, result.bounced, result.failed) == (12, 0, 0) and result.complete
+    assert sorted(smtp_server.handler.recipients()) == sorted(f"reader{i}@example.com" for i in range(12))
+    rows = ledger_rows(settings)
+    assert {r["status"] for r in rows.values()} == {"delivered"}
+    first = rows["reader0@example.com"]
+    assert first["attempts"] == 1 and first["last_reply"].startswith("250")
+    received = {m.rcpt_tos[0]: m.message for m in smtp_server.handler.messages}
+    assert first["message_id"] == received["reader0@example.com"]["Message-ID"]
+    assert received["reader3@example.com"]["To"] == "Reader 3 <reader3@example.com>"
+    assert state.recorded_editions(state.connect(settings.paths.state))[DAY] == "06-24-first-thing"
+
+
+def test_a_rerun_mails_nobody_twice(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=5)
+    send_day(settings, DAY)
+    result = send_day(settings, DAY)
+    assert result.delivered == 0
+    assert len(smtp_server.handler.messages) == 5
+
+
+def test_a_rerun_after_new_subscribers_mails_only_the_new_ones(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=3)
+    send_day(settings, DAY)
+    subscribers_csv(settings.paths.subscribers, 5)
+    assert send_day(settings, DAY).delivered == 2
+    assert sorted(smtp_server.handler.recipients()) == sorted(f"reader{i}@example.com" for i in range(5))
+
+
+def test_temporary_failures_are_retried_then_succeed(smtp_server, make_sender):
+    smtp_server.handler.replies = ["451 4.3.0 try again later", "421 4.7.0 busy"]
+    settings = make_sender(smtp_server, count=1, smtp="connections = 1\n")
+    result = send_day(settings, DAY)
+    assert result.delivered == 1
+    assert ledger_rows(settings)["reader0@example.com"]["attempts"] == 3
+
+
+def test_temporary_failures_that_persist_are_failed_and_can_be_retried(smtp_server, make_sender):
+    smtp_server.handler.replies = ["451 4.3.0 try again later"] * 3
+    settings = make_sender(smtp_server, count=1, smtp="connections = 1\n")
+    result = send_day(settings, DAY)
+    assert (result.delivered, result.failed, result.complete) == (0, 1, False)
+    row = ledger_rows(settings)["reader0@example.com"]
+    assert (row["status"], row["last_reply"]) == ("failed", "451 4.3.0 try again later")
+    retry = send_day(settings, DAY, retry_failed=True)
+    assert (retry.delivered, retry.failed) == (1, 0)
+    assert ledger_rows(settings)["reader0@example.com"]["status"] == "delivered"
+
+
+def test_permanent_rejection_is_bounced_suppressed_and_never_retried(smtp_server, make_sender):
+    smtp_server.handler.reject = {"reader1@example.com": "550 5.1.1 no such user"}
+    settings = make_sender(smtp_server, count=3)
+    result = send_day(settings, DAY)
+    assert (result.delivered, result.bounced) == (2, 1) and result.complete
+    row = ledger_rows(settings)["reader1@example.com"]
+    assert (row["status"], row["attempts"], row["last_reply"]) == ("bounced", 1, "550 5.1.1 no such user")
+    assert state.suppressed(state.connect(settings.paths.state)) == {"reader1@example.com": "bounced"}
+
+
+def test_a_bounced_address_is_not_mailed_the_next_edition(smtp_server, make_sender, event_folder):
+    smtp_server.handler.reject = {"reader1@example.com": "550 5.1.1 no such user"}
+    settings = make_sender(smtp_server, count=3)
+    send_day(settings, DAY)
+    smtp_server.handler.messages.clear()
+    result = send_day(settings, date(2026, 6, 25))
+    assert result.skipped == 1 and "1 suppressed" in result.skipped_detail
+    assert sorted(smtp_server.handler.recipients()) == ["reader0@example.com", "reader2@example.com"]
+
+
+def test_a_dropped_connection_is_reopened_and_the_message_resent(smtp_server, make_sender):
+    smtp_server.handler.drop = 1
+    settings = make_sender(smtp_server, count=4, smtp="connections = 1\n")
+    result = send_day(settings, DAY)
+    assert result.delivered == 4
+    assert sorted(smtp_server.handler.recipients()) == sorted(f"reader{i}@example.com" for i in range(4))
+
+
+def test_bad_csv_rows_are_skipped_and_the_send_goes_on(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=2, extra="broken-address,X,\nreader0@EXAMPLE.com,Dup,\n")
+    result = send_day(settings, DAY)
+    assert (result.delivered, result.skipped) == (2, 2)
+    assert result.skipped_detail == "1 invalid, 1 duplicate, 0 suppressed"
+
+
+def test_an_unreachable_server_is_one_clear_error_and_nobody_is_lost(make_sender):
+    class Nowhere:
+        port = free_port()
+
+    settings = make_sender(Nowhere, count=3, smtp="connections = 1\n")
+    result = send_day(settings, DAY)
+    assert result.failed == 3 and not result.complete
+    assert {r["status"] for r in ledger_rows(settings).values()} == {"failed"}
+    assert "cannot connect to 127.0.0.1" in ledger_rows(settings)["reader0@example.com"]["last_reply"]
+
+
+def test_rate_limit_spaces_the_messages(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=6, smtp="rate_limit = 20\nconnections = 2\n")
+    started = time.monotonic()
+    assert send_day(settings, DAY).delivered == 6
+    assert time.monotonic() - started >= 5 / 20 * 0.9  # 6 messages at 20/s need at least 0.25 s
+
+
+def test_throttle_hourly_cap_blocks_until_the_hour_has_passed():
+    now = [1000.0]
+    throttle = Throttle(0, 2, clock=lambda: now[0])
+    stop = threading.Event()
+    assert throttle.wait(stop) and throttle.wait(stop)
+    stop.set()  # a third send would have to wait an hour: with stop set it gives up at once
+    assert throttle.wait(stop) is False
+
+
+def test_two_sends_of_one_edition_cannot_run_at_once(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=1)
+    with (
+        edition_lock(settings.paths.state, DAY),
+        pytest.raises(DeliveryError, match="another send of the 2026-06-24 edition is running"),
+    ):
+        send_day(settings, DAY)
+    assert send_day(settings, DAY).delivered == 1  # the lock is released
+
+
+def test_dry_run_counts_and_changes_nothing(smtp_server, make_sender, tmp_path):
+    settings = make_sender(smtp_server, count=3, extra="bad,X,\n")
+    report = dry_run(settings, DAY)
+    assert report.recipients == 3 and report.tally.invalid == 1
+    assert not settings.paths.state.exists()
+    assert smtp_server.handler.messages == []
+
+
+def test_outbox_writes_one_eml_per_recipient(smtp_server, make_sender, tmp_path):
+    settings = make_sender(smtp_server, count=3)
+    dry_run(settings, DAY, outbox=tmp_path / "outbox")
+    files = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert [f.name for f in files] == [f"2026-06-24_reader{i}@example.com.eml" for i in range(3)]
+    assert smtp_server.handler.messages == []
+
+
+def test_a_test_copy_is_recorded_apart_from_the_edition(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=2)
+    assert send_test_copy(settings, DAY, "editor@example.org").startswith("250")
+    conn = state.connect(settings.paths.state)
+    assert [tuple(r) for r in conn.execute("SELECT email, status FROM test_sends")] == [
+        ("editor@example.org", "delivered")
+    ]
+    assert SQLiteLedger(conn).counts(DAY)["delivered"] == 0
+    assert send_day(settings, DAY).delivered == 2
+
+
+# TLS and AUTH, with a self-signed certificate made here.
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    import ipaddress
+
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = auth_data.login == b"mailer" and auth_data.password == b"correct horse"
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture
+def tls_server(certificate):
+    """Start an aiosmtpd server with STARTTLS or implicit TLS, and AUTH required."""
+    controllers = []
+
+    def start(mode):
+        cert, key = certificate
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        handler = RecordingHandler()
+        options = {"authenticator": authenticator, "auth_required": True}
+        if mode == "starttls":
+            controller = Controller(
+                handler, hostname="127.0.0.1", port=free_port(), tls_context=context, require_starttls=True, **options
+            )
+        else:
+            # implicit TLS: the whole session is encrypted, which aiosmtpd's auth_require_tls does not see
+            controller = Controller(
+                handler, hostname="127.0.0.1", port=free_port(), ssl_context=context, auth_require_tls=False, **options
+            )
+        controller.start()
+        controllers.append(controller)
+        controller.handler = handler
+        return controller
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_tls_and_auth(tls_server, make_sender, certificate, mode):
+    server = tls_server(mode)
+    smtp = f'security = "{mode}"\nusername = "mailer"\nca_file = "{certificate[0]}"\n'
+    settings = make_sender(server, count=3, smtp=smtp, env={"NEWSLETTER_SMTP_PASSWORD": "correct horse"})
+    assert send_day(settings, DAY).delivered == 3
+    assert len(server.handler.messages) == 3
+
+
+def test_wrong_password_stops_the_run_with_one_clear_error(tls_server, make_sender, certificate):
+    server = tls_server("starttls")
+    smtp = f'security = "starttls"\nusername = "mailer"\nca_file = "{certificate[0]}"\n'
+    settings = make_sender(server, count=3, smtp=smtp, env={"NEWSLETTER_SMTP_PASSWORD": "wrong"})
+    with pytest.raises(DeliveryError, match="SMTP authentication failed for 'mailer': 535"):
+        send_day(settings, DAY)
+    assert {r["status"] for r in ledger_rows(settings).values()} == {"pending"}  # nobody lost, nobody failed
+
+
+def test_an_untrusted_certificate_is_refused(tls_server, make_sender):
+    server = tls_server("tls")
+    settings = make_sender(
+        server,
+        count=1,
+        smtp='security = "tls"\nusername = "mailer"\n',
+        env={"NEWSLETTER_SMTP_PASSWORD": "correct horse"},
+    )
+    with pytest.raises(DeliveryError, match="TLS with 127.0.0.1"):
+        send_day(settings, DAY)
+    assert server.handler.messages == []
+
+
+# A crash in the middle of a send.
+
+
+def test_kill_9_in_the_middle_then_rerun_loses_no_one(smtp_server, make_sender, tmp_path):
+    smtp_server.handler.delay = 0.02
+    settings = make_sender(smtp_server, count=60, smtp="connections = 2\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_SECRET"] = "s"
+    config = str(tmp_path / "newsletter.toml")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", config, "send", "--date", DAY.isoformat()],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while len(smtp_server.handler.messages) < 15 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    before = len(smtp_server.handler.messages)
+    assert 15 <= before < 60, "the kill must land in the middle of the send"
+    smtp_server.handler.delay = 0
+    result = send_day(settings, DAY)
+    rows = ledger_rows(settings)
+    assert len(rows) == 60 and {r["status"] for r in rows.values()} == {"delivered"}
+    received = smtp_server.handler.recipients()
+    assert set(received) == {f"reader{i}@example.com" for i in range(60)}
+    twice = len(received) - len(set(received))
+    assert twice <= 2, "only messages in flight at the crash (one per connection) may be sent twice"
+    assert result.delivered == 60 - before + twice

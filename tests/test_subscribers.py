@@ -1,0 +1,88 @@
+"""The subscriber list: streaming CSV, row validation with line numbers, duplicates, suppressions."""
+
+import pytest
+
+from newsletter import state
+from newsletter.errors import SubscriberError
+from newsletter.subscribers import Tally, iter_recipients, read_csv
+
+
+def write_csv(path, text: str | bytes):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def test_valid_rows_are_read_with_name_and_zone(tmp_path):
+    path = write_csv(
+        tmp_path / "s.csv", "email,name,timezone\nada@example.com,Ada Lovelace,Europe/London\nbob@example.org,,\n"
+    )
+    tally = Tally()
+    rows = list(read_csv(path, tally))
+    assert [(s.email, s.name, s.timezone) for s in rows] == [
+        ("ada@example.com", "Ada Lovelace", "Europe/London"),
+        ("bob@example.org", "", ""),
+    ]
+    assert tally.problems == []
+
+
+def test_bad_rows_are_reported_with_their_line_and_skipped(tmp_path):
+    text = (
+        b"email,name,timezone\n"
+        b"ok@example.com,Ok,\n"
+        b"not-an-address,Bad,\n"
+        b",No Email,\n"
+        b"zone@example.com,Zone,Mars/Base\n"
+        b"latin@example.com,Jos\xe9,\n"
+        b"extra@example.com,A,UTC,surplus\n"
+        b"last@example.com,Last,UTC\n"
+    )
+    path = write_csv(tmp_path / "s.csv", text)
+    tally = Tally()
+    emails = [s.email for s in read_csv(path, tally)]
+    assert emails == ["ok@example.com", "last@example.com"]
+    messages = [str(p) for p in tally.problems]
+    assert messages[0].startswith(f"{path}:3: invalid email 'not-an-address'")
+    assert messages[1] == f"{path}:4: missing email; row skipped"
+    assert messages[2] == f"{path}:5: unknown time zone 'Mars/Base' for zone@example.com; row skipped"
+    assert messages[3].startswith(f"{path}:6: not UTF-8 text")
+    assert messages[4] == f"{path}:7: 4 fields, the header has 3; row skipped"
+
+
+def test_a_file_without_an_email_column_is_one_clear_error(tmp_path):
+    path = write_csv(tmp_path / "s.csv", "mail,name\nx@example.com,X\n")
+    with pytest.raises(SubscriberError, match=r"s\.csv:1: no 'email' column"):
+        list(read_csv(path, Tally()))
+
+
+def test_a_missing_file_is_one_clear_error(tmp_path):
+    with pytest.raises(SubscriberError, match="cannot read the subscriber list"):
+        list(read_csv(tmp_path / "none.csv", Tally()))
+
+
+def test_duplicates_are_mailed_once_case_insensitively(tmp_path):
+    path = write_csv(tmp_path / "s.csv", "email,name,timezone\nAda@Example.com,Ada,\nada@example.com,Ada again,\n")
+    tally = Tally()
+    assert [s.name for s in iter_recipients(path, None, tally)] == ["Ada"]
+    assert tally.duplicates == 1
+
+
+def test_suppression_always_wins_and_web_subscribers_are_merged(tmp_path):
+    path = write_csv(tmp_path / "s.csv", "email,name,timezone\nada@example.com,Ada,\nbob@example.com,Bob,\n")
+    conn = state.connect(tmp_path / "var")
+    state.suppress(conn, "BOB@example.com", "unsubscribed")
+    conn.execute("INSERT INTO web_subscribers VALUES ('web@example.net', 'Web', 'Asia/Tokyo', '2026-01-01')")
+    conn.execute("INSERT INTO web_subscribers VALUES ('ada@example.com', 'Ada Web', '', '2026-01-01')")
+    tally = Tally()
+    found = [(s.email, s.name, s.timezone) for s in iter_recipients(path, conn, tally)]
+    assert found == [("ada@example.com", "Ada", ""), ("web@example.net", "Web", "Asia/Tokyo")]
+    assert (tally.suppressed, tally.duplicates) == (1, 1)
+
+
+def test_the_shipped_example_list_is_valid_and_uses_reserved_domains():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "subscribers.example.csv"
+    tally = Tally()
+    rows = list(read_csv(path, tally))
+    assert tally.problems == [] and len(rows) >= 3
+    assert all(s.email.rsplit("@", 1)[1] in {"example.com", "example.org", "example.net"} for s in rows)
