@@ -269,6 +269,25 @@ def preview_command(ctx: Context, day: date | None, fmt: str, output: Path | Non
     click.echo(f"wrote {output} ({len(data)} bytes)", err=True)
 
 
+@cli.command("publish")
+@click.option("--date", "day", type=DATE, help="Last edition to include (default: today in newsletter.timezone).")
+@pass_ctx
+def publish_command(ctx: Context, day: date | None) -> None:
+    """Write the RSS and Atom feeds and the web archive into the public folder."""
+    from newsletter import feeds
+
+    settings = ctx.settings
+    now = datetime.now().astimezone()
+    conn = state.connect(settings.paths.state)
+    try:
+        result = feeds.publish(settings, day or ctx.today(), conn, now=now)
+    finally:
+        conn.close()
+    for missing in result.missing:
+        click.echo(f"warning: no event for {missing.isoformat()}; that day is left out", err=True)
+    click.echo(f"{result.summary()} in {settings.paths.public}")
+
+
 def main() -> None:
     """Run the CLI, turning our errors into one line and exit status 1."""
     try:
