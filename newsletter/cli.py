@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,58 @@ def publish_command(ctx: Context, day: date | None) -> None:
     for missing in result.missing:
         click.echo(f"warning: no event for {missing.isoformat()}; that day is left out", err=True)
     click.echo(f"{result.summary()} in {settings.paths.public}")
+
+
+@cli.command("run")
+@click.option("--once", is_flag=True, help="Do whatever is due now and exit (for cron and systemd timers).")
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0.05),
+    default=30.0,
+    show_default=True,
+    help="Seconds between checks of what is due.",
+)
+@click.option("--now", "start", hidden=True, help="Testing only: an aware ISO time the clock starts from.")
+@pass_ctx
+def run_command(ctx: Context, once: bool, heartbeat: float, start: str | None) -> None:
+    """Publish and send every day at send_time, in each reader's own time zone."""
+    import signal
+    import time
+
+    from newsletter import scheduler
+
+    settings = ctx.settings
+    clock = _clock(start, time.monotonic)
+    daily = scheduler.Daily(settings)
+    if once:
+        beat = daily.beat(clock())
+        for sent in beat.sends:
+            click.echo(sent.summary())
+        if not beat.ok:
+            sys.exit(1)
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        log.info("received %s: finishing the message in flight", signal.Signals(signum).name)
+        daily.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    scheduler.run_daemon(daily, clock=clock, heartbeat=heartbeat)
+
+
+def _clock(start: str | None, monotonic: Any) -> Any:
+    """The real clock, or (for tests) one that starts at a given aware instant and then runs."""
+    if start is None:
+        return lambda: datetime.now().astimezone()
+    try:
+        origin = datetime.fromisoformat(start)
+    except ValueError:
+        raise click.BadParameter(f"{start!r} is not an ISO date-time", param_hint="--now") from None
+    if origin.tzinfo is None:
+        raise click.BadParameter("must include a UTC offset", param_hint="--now")
+    began = monotonic()
+    return lambda: origin + timedelta(seconds=monotonic() - began)
 
 
 def main() -> None:
