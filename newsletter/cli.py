@@ -340,6 +340,69 @@ def _clock(start: str | None, monotonic: Any) -> Any:
     return lambda: origin + timedelta(seconds=monotonic() - began)
 
 
+@cli.command("serve")
+@click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on (default: web.port, 8080).")
+@pass_ctx
+def serve_command(ctx: Context, host: str | None, port: int | None) -> None:
+    """Serve unsubscribe, sign-up and the public folder (feeds, archive) over HTTP."""
+    from newsletter import web
+
+    settings = ctx.settings
+    settings.signing_secret()  # fail now, in one line, rather than on the first request
+    web.serve(settings, host or settings.web.host, port or settings.web.port)
+
+
+@cli.group("bounces")
+def bounces_group() -> None:
+    """Handle bounced mail."""
+
+
+@bounces_group.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@pass_ctx
+def bounces_import(ctx: Context, files: tuple[Path, ...]) -> None:
+    """Read delivery status notifications (.eml) and suppress permanent failures."""
+    from newsletter import bounces
+
+    conn = state.connect(ctx.settings.paths.state)
+    try:
+        reports = [bounces.import_bounce(path, conn) for path in files]
+    finally:
+        conn.close()
+    for report in reports:
+        click.echo(str(report))
+    suppressed = sum(r.action == "suppressed" for r in reports)
+    click.echo(f"{len(reports)} files: {suppressed} suppressed")
+    if any(r.action == "error" for r in reports):
+        sys.exit(1)
+
+
+@subscribers_group.command("export")
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
+)
+@pass_ctx
+def subscribers_export(ctx: Context, output: Path | None) -> None:
+    """Write the current list as CSV: the CSV file and web sign-ups, minus unsubscribed and bounced."""
+    import csv
+    import io
+
+    settings = ctx.settings
+    conn = state.connect_readonly(settings.paths.state)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(subscribers.COLUMNS)
+    tally = subscribers.Tally()
+    for subscriber in subscribers.iter_recipients(settings.paths.subscribers, conn, tally):
+        writer.writerow([subscriber.email, subscriber.name, subscriber.timezone])
+    if output:
+        output.write_text(buffer.getvalue(), encoding="utf-8")
+        click.echo(f"wrote {output}: {tally.skipped_summary()}", err=True)
+    else:
+        click.echo(buffer.getvalue(), nl=False)
+
+
 def main() -> None:
     """Run the CLI, turning our errors into one line and exit status 1."""
     try:

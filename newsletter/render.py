@@ -14,6 +14,7 @@ import logging
 import re
 import textwrap
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -27,7 +28,7 @@ import jinja2
 import premailer
 from markdown_it import MarkdownIt
 
-from newsletter import tokens
+from newsletter import signing, tokens
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.events import Event
@@ -140,6 +141,7 @@ class RenderedEdition:
     secret: str
     segments: tuple[bytes, ...]  # the message, split at placeholders
     slots: tuple[bytes, ...]  # the placeholder name between segments[i] and segments[i+1]
+    sign: Callable[[bytes], bytes] | None = None  # DKIM, when [dkim] is configured
 
     def message_id_for(self, subscriber: Subscriber) -> str:
         return message_id(self.settings, self.edition.day, subscriber.email)
@@ -151,7 +153,8 @@ class RenderedEdition:
         for slot, segment in zip(self.slots, self.segments[1:], strict=True):
             parts.append(values[slot])
             parts.append(segment)
-        return b"".join(parts)
+        message = b"".join(parts)
+        return self.sign(message) if self.sign else message
 
     def _values(self, subscriber: Subscriber) -> dict[bytes, bytes]:
         name = clean_line(subscriber.name)
@@ -194,7 +197,7 @@ def render_edition(
     pieces = _PLACEHOLDER.split(template)
     rendered = RenderedEdition(
         edition=edition, subject=subject, html="", text="", settings=settings, secret=secret,
-        segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]),
+        segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]), sign=signing.signer(settings),
     )  # fmt: skip
     sample = rendered._values(SAMPLE)
     html_out = _fill(html.encode(), sample).decode()

@@ -80,6 +80,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0020-web-signups",
+        """
+        CREATE TABLE pending_signups (
+            email TEXT PRIMARY KEY,          -- lower-cased address, until its link is confirmed
+            name TEXT NOT NULL DEFAULT '',
+            timezone TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE signup_attempts (
+            email TEXT NOT NULL,
+            at REAL NOT NULL                 -- Unix time, for the rate limit
+        );
+        CREATE INDEX signup_attempts_by_email ON signup_attempts (email, at);
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,86 @@
+"""Import delivery status notifications (RFC 3464) and suppress addresses that bounced for good."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import sqlite3
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+
+from newsletter import state
+from newsletter.ledger import SQLiteLedger
+
+
+@dataclass(frozen=True)
+class BounceReport:
+    """What one DSN file said, and what we did about it."""
+
+    path: Path
+    action: str  # "suppressed" | "temporary" | "ignored" | "error"
+    address: str
+    detail: str
+
+    def __str__(self) -> str:
+        who = f" {self.address}" if self.address else ""
+        return f"{self.path}: {self.action}{who}: {self.detail}"
+
+
+def _parts(message: Message, content_type: str) -> list[Message]:
+    return [part for part in message.walk() if part.get_content_type() == content_type]
+
+
+def _status_fields(message: Message) -> list[Message]:
+    """Return the per-recipient field groups of the message/delivery-status part."""
+    for part in _parts(message, "message/delivery-status"):
+        payload = part.get_payload()
+        if isinstance(payload, list) and len(payload) > 1:
+            return payload[1:]  # the first group is per-message
+    return []
+
+
+def _original_message_id(message: Message) -> str:
+    for kind in ("message/rfc822", "text/rfc822-headers"):
+        for part in _parts(message, kind):
+            payload = part.get_payload()
+            inner = payload[0] if isinstance(payload, list) else email.message_from_string(str(payload))
+            if inner.get("Message-ID"):
+                return str(inner["Message-ID"]).strip()
+    return ""
+
+
+def _address(field: str) -> str:
+    """'rfc822; ada@example.com' -> 'ada@example.com'."""
+    return field.split(";", 1)[-1].strip().strip("<>")
+
+
+def import_bounce(path: Path, conn: sqlite3.Connection) -> BounceReport:
+    """Read one DSN file; suppress its recipient on a permanent failure (5.x.x)."""
+    try:
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
+    except OSError as exc:
+        return BounceReport(path, "error", "", f"cannot read: {exc.strerror}")
+    if message.get_content_type() != "multipart/report" or message.get_param("report-type") != "delivery-status":
+        return BounceReport(
+            path, "ignored", "", "not a delivery status notification (multipart/report; report-type=delivery-status)"
+        )
+    groups = _status_fields(message)
+    if not groups:
+        return BounceReport(path, "ignored", "", "no per-recipient delivery status")
+    group = groups[0]
+    status = str(group.get("Status", "")).strip()
+    action = str(group.get("Action", "")).strip().lower()
+    recipient = _address(str(group.get("Final-Recipient") or group.get("Original-Recipient") or ""))
+    ledger = SQLiteLedger(conn)
+    found = ledger.find_message(_original_message_id(message))
+    address = found[1] if found else recipient
+    if not address:
+        return BounceReport(path, "ignored", "", "no recipient and no known Message-ID")
+    diagnostic = " ".join(str(group.get("Diagnostic-Code", "")).split()) or status
+    if action == "failed" and status.startswith("5"):
+        state.suppress(conn, address, "bounced", diagnostic)
+        if found:
+            ledger.mark_bounced(found[0], address, diagnostic, _original_message_id(message))
+        return BounceReport(path, "suppressed", address, f"permanent failure {status}")
+    return BounceReport(path, "temporary", address, f"{action or 'unknown action'} {status}; not suppressed")

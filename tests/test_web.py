@@ -1,0 +1,177 @@
+"""The web side, as a real server process on 127.0.0.1, driven by a real HTTP client."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import date
+
+import httpx
+import pytest
+
+from newsletter import state, tokens
+from newsletter.delivery import send_day
+from newsletter.render import list_id
+from tests.conftest import free_port
+
+SECRET = "web-test-secret"
+
+
+@pytest.fixture
+def site(make_settings, event_folder, tmp_path, smtp_server):
+    """Settings for a site whose mail goes to the test SMTP server, and a running `newsletter serve`."""
+    csv = tmp_path / "subscribers.csv"
+    csv.write_text("email,name,timezone\nada@example.com,Ada,\n", encoding="utf-8")
+    port = free_port()
+    toml = (
+        f'[newsletter]\nbase_url = "http://127.0.0.1:{port}/"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n[web]\nsignup_limit = 2\n'
+    )
+    settings = make_settings(
+        toml,
+        env={"NEWSLETTER_SECRET": SECRET},
+        events=event_folder,
+        state=tmp_path / "var",
+        public=tmp_path / "public",
+        subscribers=csv,
+    )
+    (tmp_path / "public").mkdir()
+    (tmp_path / "public" / "index.html").write_text("<h1>Archive</h1>")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_SECRET"] = SECRET
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(tmp_path / "newsletter.toml"), "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(base + "/", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    with httpx.Client(base_url=base, timeout=10) as client:
+        yield settings, client
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def token_for(settings, address):
+    return tokens.make_token(SECRET, address, list_id(settings))
+
+
+def suppressed(settings):
+    return state.suppressed(state.connect(settings.paths.state))
+
+
+def csrf_of(response):
+    return re.search(r'name="csrf" value="([^"]+)"', response.text).group(1)
+
+
+def test_one_click_unsubscribe_as_mailbox_providers_send_it(site):
+    settings, client = site
+    response = client.post(
+        f"/unsubscribe?token={token_for(settings, 'ada@example.com')}", data={"List-Unsubscribe": "One-Click"}
+    )
+    assert response.status_code == 200
+    assert suppressed(settings) == {"ada@example.com": "unsubscribed"}
+    again = client.post(
+        f"/unsubscribe?token={token_for(settings, 'ada@example.com')}", data={"List-Unsubscribe": "One-Click"}
+    )
+    assert again.status_code == 200  # twice is fine
+
+
+def test_forged_or_altered_tokens_get_400_and_change_nothing(site):
+    settings, client = site
+    forged = tokens.make_token("another-secret", "ada@example.com", list_id(settings))
+    for token in (forged, token_for(settings, "ada@example.com")[:-3] + "AAA", "nonsense", ""):
+        response = client.post(f"/unsubscribe?token={token}", data={"List-Unsubscribe": "One-Click"})
+        assert response.status_code == 400
+        assert "Traceback" not in response.text
+    assert suppressed(settings) == {}
+
+
+def test_the_unsubscribe_page_has_one_button_protected_against_csrf(site):
+    settings, client = site
+    url = f"/unsubscribe?token={token_for(settings, 'ada@example.com')}"
+    page = client.get(url)
+    assert page.status_code == 200 and page.text.count("<button") == 1 and "ada@example.com" in page.text
+    forged = httpx.post(str(client.base_url) + url, data={"csrf": "guess"})  # no cookie: a cross-site post
+    assert forged.status_code == 403 and suppressed(settings) == {}
+    done = client.post(url, data={"csrf": csrf_of(page)})
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    assert suppressed(settings) == {"ada@example.com": "unsubscribed"}
+
+
+def test_double_opt_in_from_form_to_first_newsletter(site, smtp_server):
+    settings, client = site
+    form = client.get("/subscribe")
+    response = client.post(
+        "/subscribe",
+        data={"csrf": csrf_of(form), "email": "new@example.org", "name": "New Reader", "timezone": "Europe/Paris"},
+    )
+    assert response.status_code == 200 and "Check your inbox" in response.text
+    conn = state.connect(settings.paths.state)
+    assert conn.execute("SELECT COUNT(*) FROM web_subscribers").fetchone()[0] == 0  # not before confirming
+    (confirmation,) = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == ["new@example.org"]]
+    link = re.search(r"(http://127\.0\.0\.1:\d+/confirm\?token=\S+)", confirmation.get_content()).group(1)
+    confirmed = client.get(link)
+    assert confirmed.status_code == 200 and "You are subscribed" in confirmed.text
+    row = conn.execute("SELECT email, name, timezone FROM web_subscribers").fetchone()
+    assert tuple(row) == ("new@example.org", "New Reader", "Europe/Paris")
+    smtp_server.handler.messages.clear()
+    send_day(settings, date(2026, 6, 24))
+    assert sorted(smtp_server.handler.recipients()) == ["ada@example.com", "new@example.org"]
+
+
+def test_an_expired_confirmation_link_is_refused(site):
+    settings, client = site
+    expired = tokens.make_token(
+        SECRET, "late@example.org", list_id(settings), purpose="confirm", expires=int(time.time()) - 1
+    )
+    response = client.get(f"/confirm?token={expired}")
+    assert response.status_code == 400 and "expired" in response.text
+    assert state.connect(settings.paths.state).execute("SELECT COUNT(*) FROM web_subscribers").fetchone()[0] == 0
+
+
+def test_an_unsubscribe_token_cannot_confirm_a_signup(site):
+    settings, client = site
+    assert client.get(f"/confirm?token={token_for(settings, 'x@example.org')}").status_code == 400
+
+
+def test_signup_without_the_csrf_cookie_is_refused(site, smtp_server):
+    _, client = site
+    form = client.get("/subscribe")
+    response = httpx.post(str(client.base_url) + "/subscribe", data={"csrf": csrf_of(form), "email": "x@example.org"})
+    assert response.status_code == 403
+    assert smtp_server.handler.messages == []
+
+
+def test_repeated_signups_are_rate_limited_and_reveal_nothing(site, smtp_server):
+    _, client = site
+    answers = []
+    for _ in range(3):
+        form = client.get("/subscribe")
+        answers.append(client.post("/subscribe", data={"csrf": csrf_of(form), "email": "ada@example.com"}))
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[0].text == answers[1].text  # an existing subscriber gets the same answer as anyone
+    assert len(smtp_server.handler.messages) == 2
+
+
+def test_bad_input_gets_a_friendly_page(site):
+    _, client = site
+    form = client.get("/subscribe")
+    bad = client.post("/subscribe", data={"csrf": csrf_of(form), "email": "not an address", "timezone": "Mars/Base"})
+    assert bad.status_code == 400 and "does not look right" in bad.text and "Traceback" not in bad.text
+    form = client.get("/subscribe")
+    zone = client.post("/subscribe", data={"csrf": csrf_of(form), "email": "z@example.org", "timezone": "Mars/Base"})
+    assert zone.status_code == 400 and "time zone" in zone.text
+
+
+def test_the_public_folder_is_served(site):
+    _, client = site
+    assert "<h1>Archive</h1>" in client.get("/").text
+    missing = client.get("/no/such/page")
+    assert missing.status_code == 404 and "Not here" in missing.text
