@@ -81,6 +81,6 @@ def import_bounce(path: Path, conn: sqlite3.Connection) -> BounceReport:
     if action == "failed" and status.startswith("5"):
         state.suppress(conn, address, "bounced", diagnostic)
         if found:
-            ledger.mark_bounced(found[0], address, diagnostic, _original_message_id(message))
+            ledger.mark_bounced(found[0], address, diagnostic)
         return BounceReport(path, "suppressed", address, f"permanent failure {status}")
     return BounceReport(path, "temporary", address, f"{action or 'unknown action'} {status}; not suppressed")

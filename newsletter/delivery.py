@@ -191,7 +191,7 @@ def send_edition(
         progress,
         result,
     )
-    work: queue.Queue[Due | None] = queue.Queue(maxsize=settings.smtp.connections * 64)
+    work: queue.Queue[list[Due] | None] = queue.Queue(maxsize=settings.smtp.connections * 4)
     workers = [
         threading.Thread(target=_worker, args=(shared, work), name=f"smtp-{i}", daemon=True)
         for i in range(settings.smtp.connections)
@@ -215,25 +215,39 @@ def send_edition(
     return result
 
 
-def _feed(due: Iterator[Due], work: queue.Queue[Due | None], shared: _Shared) -> None:
+BATCH = 16  # recipients handed to a worker at once: fewer queue hand-offs between threads
+
+
+def _feed(due: Iterator[Due], work: queue.Queue[list[Due] | None], shared: _Shared) -> None:
+    batch: list[Due] = []
     for item in due:
-        while not shared.stop.is_set():
-            try:
-                work.put(item, timeout=0.2)
-                break
-            except queue.Full:
-                continue
-        if shared.stop.is_set():
+        batch.append(item)
+        if len(batch) == BATCH and not _put(work, batch, shared):
             return
+        batch = [] if len(batch) == BATCH else batch
+    if batch:
+        _put(work, batch, shared)
 
 
-def _worker(shared: _Shared, work: queue.Queue[Due | None]) -> None:
+def _put(work: queue.Queue[list[Due] | None], batch: list[Due], shared: _Shared) -> bool:
+    """Hand a batch to the workers; False if asked to stop while waiting for room."""
+    while not shared.stop.is_set():
+        try:
+            work.put(batch, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _worker(shared: _Shared, work: queue.Queue[list[Due] | None]) -> None:
     connection = _Connection(shared.settings)
     try:
-        while (item := work.get()) is not None:
-            if shared.stop.is_set():
-                continue  # drain: what was not sent stays pending
-            _deliver_one(shared, connection, item)
+        while (batch := work.get()) is not None:
+            for item in batch:
+                if shared.stop.is_set():
+                    break  # what was not sent stays pending
+                _deliver_one(shared, connection, item)
     finally:
         connection.close()
 
@@ -242,7 +256,6 @@ def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
     """Send one message with retries; record the outcome in the ledger."""
     settings, rendered, day = shared.settings, shared.rendered, shared.rendered.edition.day
     subscriber = item.subscriber
-    message_id = rendered.message_id_for(subscriber)
     data = rendered.message_for(subscriber)
     delay = settings.smtp.retry_delay
     for attempt in range(1, settings.smtp.max_attempts + 1):
@@ -251,7 +264,7 @@ def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
         try:
             reply = connection.send(settings.sender.address, subscriber.email, data)
         except Permanent as exc:
-            shared.ledger.mark_bounced(day, subscriber.email, str(exc), message_id)
+            shared.ledger.mark_bounced(day, subscriber.email, str(exc))
             state.suppress(shared.ledger.conn, subscriber.email, "bounced", str(exc))
             log.info("bounced %s: %s", subscriber.email, exc)
             shared.count("bounced")
@@ -262,7 +275,7 @@ def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
             return
         except Temporary as exc:
             if attempt == settings.smtp.max_attempts:
-                shared.ledger.mark_failed(day, subscriber.email, str(exc), message_id)
+                shared.ledger.mark_failed(day, subscriber.email, str(exc))
                 log.warning("failed %s after %d attempts: %s", subscriber.email, attempt, exc)
                 shared.count("failed")
                 return
@@ -272,7 +285,7 @@ def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
                 return
             delay *= 2
             continue
-        shared.ledger.mark_delivered(day, subscriber.email, reply, message_id)
+        shared.ledger.mark_delivered(day, subscriber.email, reply)
         shared.count("delivered")
         return
 
@@ -304,9 +317,8 @@ class _Connection:
 
 def _transaction(server: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:
     """MAIL, RCPT, DATA for one recipient; return the final reply or raise Temporary / Permanent / Abort."""
-    options = ["BODY=8BITMIME"] if server.has_extn("8bitmime") else []
     try:
-        code, reply = server.mail(sender, options)
+        code, reply = server.mail(sender, ["BODY=8BITMIME"] if server.has_extn("8bitmime") else [])
         if code != 250:
             _reset(server)
             if code >= 500:
@@ -434,7 +446,9 @@ def send_day(
             if not retry_failed:
                 tally = Tally()
                 recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
-                result.planned = ledger.plan(day, filter(select, recipients) if select else recipients)
+                result.planned = ledger.plan(
+                    day, filter(select, recipients) if select else recipients, rendered.message_id_for
+                )
                 _note_skipped(result, tally)
             counts = ledger.counts(day)
             progress.start(counts["failed"] if retry_failed else counts["pending"] + counts["failed"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
@@ -35,13 +35,13 @@ class Due:
 class Ledger(Protocol):
     """What delivery needs from a ledger; SQLiteLedger implements it."""
 
-    def plan(self, day: date, subscribers: Iterable[Subscriber]) -> int: ...
+    def plan(self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str]) -> int: ...
     def due(self, day: date, *, only_failed: bool = False) -> Iterator[Due]: ...
     def delivered(self, day: date, emails: Iterable[str]) -> set[str]: ...
-    def mark_delivered(self, day: date, email: str, reply: str, message_id: str) -> None: ...
+    def mark_delivered(self, day: date, email: str, reply: str) -> None: ...
     def mark_retry(self, day: date, email: str, reply: str) -> None: ...
-    def mark_failed(self, day: date, email: str, reply: str, message_id: str) -> None: ...
-    def mark_bounced(self, day: date, email: str, reply: str, message_id: str) -> None: ...
+    def mark_failed(self, day: date, email: str, reply: str) -> None: ...
+    def mark_bounced(self, day: date, email: str, reply: str) -> None: ...
     def counts(self, day: date) -> dict[str, int]: ...
     def editions(self) -> list[tuple[date, dict[str, int]]]: ...
 
@@ -53,13 +53,25 @@ class SQLiteLedger:
         self.conn = conn
         self._lock = threading.Lock()
 
-    def plan(self, day: date, subscribers: Iterable[Subscriber], batch: int = 2000) -> int:
-        """Add a pending row for every subscriber not yet in this edition; return how many were new."""
+    def plan(
+        self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str], batch: int = 2000
+    ) -> int:
+        """Add a pending row (with its Message-ID) for every subscriber not yet in this edition; return how many were new."""
         added = 0
         rows: list[tuple[str, ...]] = []
+        now = utcnow_text()
         for subscriber in subscribers:
+            key = subscriber.key
             rows.append(
-                (day.isoformat(), subscriber.key, subscriber.email, subscriber.name, subscriber.timezone, utcnow_text())
+                (
+                    day.isoformat(),
+                    key,
+                    subscriber.email,
+                    subscriber.name,
+                    subscriber.timezone,
+                    message_id(subscriber),
+                    now,
+                )
             )
             if len(rows) >= batch:
                 added += self._insert(rows)
@@ -74,7 +86,7 @@ class SQLiteLedger:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 self.conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             except BaseException:
@@ -119,29 +131,28 @@ class SQLiteLedger:
                 )
         return found
 
-    def _update(self, day: date, email: str, status: str, reply: str, message_id: str | None, attempt: int) -> None:
+    def _update(self, day: date, email: str, status: str, reply: str) -> None:
         with self._lock:
             self.conn.execute(
-                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + ?, "
-                "message_id = COALESCE(?, message_id), updated_at = ? WHERE day = ? AND email = ?",
-                (status, reply[:500], attempt, message_id, utcnow_text(), day.isoformat(), email.lower()),
+                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
+                (status, reply[:500], utcnow_text(), day.isoformat(), email.lower()),
             )
 
-    def mark_delivered(self, day: date, email: str, reply: str, message_id: str) -> None:
+    def mark_delivered(self, day: date, email: str, reply: str) -> None:
         """Record that the server accepted the message (250): final."""
-        self._update(day, email, "delivered", reply, message_id, 1)
+        self._update(day, email, "delivered", reply)
 
     def mark_retry(self, day: date, email: str, reply: str) -> None:
         """Record a temporary failure that will be retried in this run."""
-        self._update(day, email, "pending", reply, None, 1)
+        self._update(day, email, "pending", reply)
 
-    def mark_failed(self, day: date, email: str, reply: str, message_id: str) -> None:
+    def mark_failed(self, day: date, email: str, reply: str) -> None:
         """Record a temporary failure that exhausted its attempts (send --retry-failed tries again)."""
-        self._update(day, email, "failed", reply, message_id, 1)
+        self._update(day, email, "failed", reply)
 
-    def mark_bounced(self, day: date, email: str, reply: str, message_id: str) -> None:
+    def mark_bounced(self, day: date, email: str, reply: str) -> None:
         """Record a permanent rejection (5xx): final, never retried."""
-        self._update(day, email, "bounced", reply, message_id, 1)
+        self._update(day, email, "bounced", reply)
 
     def counts(self, day: date) -> dict[str, int]:
         """Count the edition's rows per status."""

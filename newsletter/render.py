@@ -142,6 +142,8 @@ class RenderedEdition:
     segments: tuple[bytes, ...]  # the message, split at placeholders
     slots: tuple[bytes, ...]  # the placeholder name between segments[i] and segments[i+1]
     sign: Callable[[bytes], bytes] | None = None  # DKIM, when [dkim] is configured
+    list_id: str = ""
+    unsubscribe_base: str = ""  # unsubscribe_url() up to the token, computed once
 
     def message_id_for(self, subscriber: Subscriber) -> str:
         return message_id(self.settings, self.edition.day, subscriber.email)
@@ -157,8 +159,8 @@ class RenderedEdition:
         return self.sign(message) if self.sign else message
 
     def _values(self, subscriber: Subscriber) -> dict[bytes, bytes]:
-        name = clean_line(subscriber.name)
-        url = unsubscribe_url(self.settings, subscriber.email, self.secret)
+        name = clean_line(subscriber.name) if subscriber.name else ""
+        url = self.unsubscribe_base + tokens.make_token(self.secret, subscriber.email, self.list_id)
         return {
             b"TO": formataddr((name, subscriber.email), charset="utf-8").encode("ascii", "surrogateescape"),
             b"MSGID": self.message_id_for(subscriber).encode("ascii"),
@@ -198,6 +200,7 @@ def render_edition(
     rendered = RenderedEdition(
         edition=edition, subject=subject, html="", text="", settings=settings, secret=secret,
         segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]), sign=signing.signer(settings),
+        list_id=list_id(settings), unsubscribe_base=unsubscribe_url(settings, "", secret).split("token=")[0] + "token=",
     )  # fmt: skip
     sample = rendered._values(SAMPLE)
     html_out = _fill(html.encode(), sample).decode()

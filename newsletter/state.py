@@ -67,7 +67,6 @@ MIGRATIONS: list[tuple[str, str]] = [
             updated_at TEXT NOT NULL,
             PRIMARY KEY (day, email)
         );
-        CREATE INDEX deliveries_by_status ON deliveries (day, status);
         CREATE INDEX deliveries_by_message_id ON deliveries (message_id);
         CREATE TABLE test_sends (
             id INTEGER PRIMARY KEY,

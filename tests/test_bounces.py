@@ -40,8 +40,8 @@ def dsn(path, recipient, status, action="failed", message_id="<x@example.org>"):
 def conn(tmp_path):
     conn = state.connect(tmp_path / "var")
     ledger = SQLiteLedger(conn)
-    ledger.plan(date(2026, 6, 25), [Subscriber("ada@example.com", "Ada")])
-    ledger.mark_delivered(date(2026, 6, 25), "ada@example.com", "250 ok", "<20260625.abc@example.org>")
+    ledger.plan(date(2026, 6, 25), [Subscriber("ada@example.com", "Ada")], lambda s: "<20260625.abc@example.org>")
+    ledger.mark_delivered(date(2026, 6, 25), "ada@example.com", "250 ok")
     return conn
 
 
