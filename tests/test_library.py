@@ -1,0 +1,60 @@
+"""The shipped event library: complete, valid under --strict, and renderable on every date."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from newsletter.config import load_settings
+from newsletter.events import SUBJECTS, load_library
+from newsletter.render import render_edition
+from newsletter.selection import candidates_for, select_edition
+
+
+@pytest.fixture(scope="module")
+def library():
+    settings = load_settings(None, env={"NEWSLETTER_SECRET": "library-test"})
+    return settings, load_library(settings.paths.events)
+
+
+def test_the_shipped_library_passes_strict_checks_and_covers_every_day(library):
+    _, lib = library
+    assert [str(p) for p in lib.problems] == []
+    assert lib.coverage() == 366
+
+
+def test_rotation_is_real_on_at_least_sixty_days(library):
+    _, lib = library
+    days = {}
+    for event in lib.events:
+        days.setdefault((event.month, event.day), []).append(event)
+    assert sum(1 for events in days.values() if len(events) >= 2) >= 60
+
+
+def test_wars_and_battles_are_at_most_a_third(library):
+    _, lib = library
+    subjects = [e.subject for e in lib.events]
+    assert subjects.count("war") <= len(subjects) / 3
+    assert set(subjects) <= set(SUBJECTS)
+    assert len(set(subjects)) >= 10  # balanced across many subjects
+
+
+def test_the_example_day_names_the_syrian_officers_defection(library):
+    settings, lib = library
+    assert "Syrian" in select_edition(date(2026, 6, 25), lib.events).event.title
+
+
+@pytest.mark.parametrize("year", [2028, 2027], ids=["leap year", "common year"])
+def test_every_date_of_the_year_renders(library, year):
+    settings, lib = library
+    now = datetime(year, 1, 1, tzinfo=UTC)
+    day = date(year, 1, 1)
+    rendered = 0
+    while day.year == year:
+        edition = select_edition(day, lib.events)
+        message = render_edition(edition, settings, now=now)
+        assert edition.event.title in message.html or "&" in edition.event.title
+        assert message.html_size < 100 * 1024
+        rendered += 1
+        day += timedelta(days=1)
+    assert rendered == (366 if year == 2028 else 365)
+    assert candidates_for(date(2027, 2, 28), lib.events)
