@@ -24,7 +24,7 @@ from email_validator import EmailNotValidError, validate_email
 from newsletter.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SECRET_VARIABLES = ("NEWSLETTER_SMTP_PASSWORD", "NEWSLETTER_SECRET", "NEWSLETTER_CONFIG")
+SPECIAL_VARIABLES = ("NEWSLETTER_SMTP_PASSWORD", "NEWSLETTER_SECRET", "NEWSLETTER_CONFIG")
 
 
 def bundled(name: str) -> Path:
@@ -240,7 +240,7 @@ def _convert(key: str, annotation: Any, value: Any, base: Path, origin: str) -> 
 def _apply_env(sections: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Override settings from NEWSLETTER_<KEY> ([newsletter]) and NEWSLETTER_<SECTION>_<KEY>."""
     for variable, value in env.items():
-        if not variable.startswith("NEWSLETTER_") or variable in SECRET_VARIABLES:
+        if not variable.startswith("NEWSLETTER_") or variable in SPECIAL_VARIABLES:
             continue
         section, key = _env_target(variable)
         cls_fields = {f.name: f for f in fields(SECTIONS[section])}

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -173,7 +174,7 @@ def iter_recipients(csv_path: Path, conn: sqlite3.Connection | None, tally: Tall
     suppressed = _suppressed(conn)
     seen = DiskSet()
     try:
-        yield from _unique(_chain(read_csv(csv_path, tally), web_subscribers(conn)), seen, suppressed, tally)
+        yield from _unique(chain(read_csv(csv_path, tally), web_subscribers(conn)), seen, suppressed, tally)
     finally:
         seen.close()
 
@@ -190,11 +191,6 @@ def _unique(
             tally.suppressed += 1
             continue
         yield subscriber
-
-
-def _chain(*iterables: Iterable[Subscriber]) -> Iterator[Subscriber]:
-    for iterable in iterables:
-        yield from iterable
 
 
 def _suppressed(conn: sqlite3.Connection | None) -> frozenset[str]:
