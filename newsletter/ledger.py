@@ -30,6 +30,7 @@ class Due:
     rowid: int
     subscriber: Subscriber
     attempts: int
+    message_id: str = ""  # as planned: every (re)send of the row carries this Message-ID
 
 
 class Ledger(Protocol):
@@ -103,7 +104,7 @@ class SQLiteLedger:
         while True:
             with self._lock:
                 rows = self.conn.execute(
-                    f"SELECT rowid, address, name, timezone, attempts FROM deliveries d WHERE day = ? AND status IN ({marks}) "
+                    f"SELECT rowid, address, name, timezone, attempts, message_id FROM deliveries d WHERE day = ? AND status IN ({marks}) "
                     "AND rowid > ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
                     "ORDER BY rowid LIMIT ?",
                     (day.isoformat(), *statuses, last, chunk),
@@ -111,7 +112,7 @@ class SQLiteLedger:
             if not rows:
                 return
             for row in rows:
-                yield Due(row[0], Subscriber(row[1], row[2], row[3]), row[4])
+                yield Due(row[0], Subscriber(row[1], row[2], row[3]), row[4], row[5] or "")
             last = rows[-1][0]
 
     def delivered(self, day: date, emails: Iterable[str]) -> set[str]:

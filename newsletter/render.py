@@ -98,7 +98,8 @@ def subject_for(edition: Edition, settings: Settings) -> str:
 
 def clean_line(text: str) -> str:
     """Collapse whitespace and drop control characters (CR, LF, NUL...): safe for one header line."""
-    text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+    if not text.isprintable():  # printable means no category C character: the common case skips the scan
+        text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
     return " ".join(text.split())
 
 
@@ -152,22 +153,18 @@ class RenderedEdition:
     def message_id_for(self, subscriber: Subscriber) -> str:
         return message_id(self.settings, self.edition.day, subscriber.email)
 
-    def message_for(self, subscriber: Subscriber) -> bytes:
+    def message_for(self, subscriber: Subscriber, message_id: str = "") -> bytes:
         """Return the complete message (CRLF line endings) for one subscriber."""
-        values = self._values(subscriber)
-        parts = [self.segments[0]]
-        for slot, segment in zip(self.slots, self.segments[1:], strict=True):
-            parts.append(values[slot])
-            parts.append(segment)
-        message = b"".join(parts)
+        message = join_segments(self.segments, self.slots, self.values_for(subscriber, message_id))
         return self.sign(message) if self.sign else message
 
-    def _values(self, subscriber: Subscriber) -> dict[bytes, bytes]:
+    def values_for(self, subscriber: Subscriber, message_id: str = "") -> dict[bytes, bytes]:
+        """The bytes that replace each placeholder for one subscriber: one line each, never CR or LF."""
         name = clean_line(subscriber.name) if subscriber.name else ""
         url = self.unsubscribe_base + tokens.make_token(self.secret, subscriber.email, self.list_id)
         return {
             b"TO": formataddr((name, subscriber.email), charset="utf-8").encode("ascii", "surrogateescape"),
-            b"MSGID": self.message_id_for(subscriber).encode("ascii"),
+            b"MSGID": (message_id or self.message_id_for(subscriber)).encode("ascii"),
             b"UNSUB": url.encode("ascii"),
             b"UNSUBHTML": escape(url).encode("ascii"),
             b"NAMEHTML": (", " + escape(name)).encode("utf-8") if name else b"",
@@ -183,6 +180,15 @@ class RenderedEdition:
         message = len(self.message_for(SAMPLE))
         verdict = "ok" if self.html_size <= HTML_LIMIT else "TOO BIG: Gmail will clip it"
         return f"size: HTML {self.html_size / 1024:.1f} KB, message {message / 1024:.1f} KB ({verdict}, limit {HTML_LIMIT // 1024} KB)"
+
+
+def join_segments(segments: tuple[bytes, ...], slots: tuple[bytes, ...], values: dict[bytes, bytes]) -> bytes:
+    """Join a message's segments with the values of its placeholders."""
+    parts = [segments[0]]
+    for slot, segment in zip(slots, segments[1:], strict=True):
+        parts.append(values[slot])
+        parts.append(segment)
+    return b"".join(parts)
 
 
 def render_edition(
@@ -206,7 +212,7 @@ def render_edition(
         segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]), sign=signing.signer(settings),
         list_id=list_id(settings), unsubscribe_base=unsubscribe_base(settings),
     )  # fmt: skip
-    sample = rendered._values(SAMPLE)
+    sample = rendered.values_for(SAMPLE)
     html_out = _fill(html.encode(), sample).decode()
     text_out = _fill(text.encode(), sample).decode()
     if len(html_out.encode()) > HTML_LIMIT:

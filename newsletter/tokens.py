@@ -23,7 +23,7 @@ def _unb64(text: str) -> bytes:
 
 def _mac(secret: str, purpose: str, list_id: str, email: str, expires: int) -> bytes:
     message = "\0".join((purpose, list_id, email.lower(), str(expires))).encode("utf-8")
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()[:18]
+    return hmac.digest(secret.encode("utf-8"), message, hashlib.sha256)[:18]
 
 
 def make_token(secret: str, email: str, list_id: str, *, purpose: str = "unsubscribe", expires: int = 0) -> str:

@@ -142,7 +142,12 @@ class RecordingHandler:
     reject: dict[str, str] = field(default_factory=dict)  # address -> reply at RCPT
     delay: float = 0.0  # seconds to wait before answering DATA (a slow server)
     drop: int = 0  # close the connection instead of answering the next N DATA commands
+    pipelining: bool = True  # advertise PIPELINING (RFC 2920), as Postfix and most relays do
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server, session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:  # noqa: N802
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     async def handle_RCPT(self, server, session, envelope: Envelope, address: str, rcpt_options) -> str:  # noqa: N802
         if address.lower() in self.reject:

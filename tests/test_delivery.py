@@ -1,7 +1,9 @@
 """Delivery against a real SMTP server on 127.0.0.1: exactly once, through every fault."""
 
+import dataclasses
 import os
 import signal
+import smtplib
 import ssl
 import subprocess
 import sys
@@ -19,9 +21,24 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from newsletter import state
-from newsletter.delivery import Throttle, dry_run, edition_lock, send_day, send_test_copy
+from newsletter.delivery import (
+    Permanent,
+    Temporary,
+    Throttle,
+    Wire,
+    _transaction,
+    dry_run,
+    edition_lock,
+    send_day,
+    send_test_copy,
+    wire_data,
+)
 from newsletter.errors import DeliveryError
+from newsletter.events import load_events
 from newsletter.ledger import SQLiteLedger
+from newsletter.render import render_edition
+from newsletter.selection import select_edition
+from newsletter.subscribers import Subscriber
 from tests.conftest import RecordingHandler, free_port
 
 DAY = date(2026, 6, 24)
@@ -331,3 +348,106 @@ def test_kill_9_in_the_middle_then_rerun_loses_no_one(smtp_server, make_sender, 
     twice = len(received) - len(set(received))
     assert twice <= 2, "only messages in flight at the crash (one per connection) may be sent twice"
     assert result.delivered == 60 - before + twice
+
+
+class CountingSMTP(smtplib.SMTP):
+    """smtplib.SMTP that counts its writes: one write per round trip."""
+
+    writes = 0
+
+    def send(self, s):
+        self.writes += 1
+        super().send(s)
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "classic"])
+def session(request, smtp_server):
+    """An open SMTP session with the test server, which offers PIPELINING or not."""
+    smtp_server.handler.pipelining = request.param
+    server = CountingSMTP("127.0.0.1", smtp_server.port, timeout=5)
+    server.ehlo()
+    server.writes = 0
+    yield server, smtp_server.handler
+    server.close()
+
+
+def test_one_transaction_is_two_round_trips_with_pipelining_four_without(session):
+    server, handler = session
+    reply = _transaction(server, "history@example.org", "a@example.com", wire_data(b"Subject: x\r\n\r\nbody\r\n"))
+    assert reply.startswith("250")
+    assert server.writes == (2 if handler.pipelining else 4)
+    assert handler.messages[0].data.endswith(b"body\r\n")
+
+
+def test_leading_dots_and_line_endings_survive_the_wire(session):
+    server, handler = session
+    message = b"Subject: dots\r\n\r\n.starts with a dot\r\n..two\r\n.\r\nlast line without CRLF"
+    _transaction(server, "history@example.org", "a@example.com", wire_data(message))
+    assert handler.messages[0].data == message.replace(b"without CRLF", b"without CRLF\r\n")
+    _transaction(server, "history@example.org", "b@example.com", wire_data(b"Subject: bare\n\nline\rnext\n"))
+    assert handler.messages[1].data == b"Subject: bare\r\n\r\nline\r\nnext\r\n"
+
+
+@pytest.mark.parametrize(
+    ("where", "reply", "outcome"),
+    [("rcpt", "550 5.1.1 no such user", Permanent), ("rcpt", "450 4.2.1 try later", Temporary),
+     ("data", "554 5.7.1 rejected", Permanent), ("data", "451 4.3.0 busy", Temporary)],
+)  # fmt: skip
+def test_refusals_are_classified_and_the_session_goes_on(session, where, reply, outcome):
+    server, handler = session
+    if where == "rcpt":
+        handler.reject["refused@example.com"] = reply
+    else:
+        handler.replies.append(reply)
+    with pytest.raises(outcome, match=reply.split()[0]):
+        _transaction(server, "history@example.org", "refused@example.com", wire_data(b"Subject: x\r\n\r\nbody\r\n"))
+    assert _transaction(
+        server, "history@example.org", "next@example.com", wire_data(b"Subject: y\r\n\r\nok\r\n")
+    ).startswith("250")
+    assert handler.recipients() == ["next@example.com"]
+
+
+def test_wire_data_doubles_leading_dots_and_ends_the_data():
+    assert wire_data(b".a\r\nb\r\n.c\r\n") == b"..a\r\nb\r\n..c\r\n.\r\n"
+    assert wire_data(b"a") == b"a\r\n.\r\n"
+
+
+@pytest.fixture
+def rendered(settings):
+    return render_edition(select_edition(DAY, load_events(settings.paths.events)), settings)
+
+
+NAMES = ["", "Ada", ".dot first", "Zoë Ünïcode", 'Quote "me"', "line\r\nbreak", ". . .", "tab\there"]
+
+
+def test_wire_data_per_subscriber_is_stuffed_once_per_edition_and_exact(rendered):
+    dotted = dataclasses.replace(rendered, segments=(*rendered.segments[:-1], b"\r\n.dotted" + rendered.segments[-1]))
+    wire = Wire(dotted)
+    assert wire.segments is not None  # our templates allow the fast path
+    assert b"\r\n..dotted" in wire.data_for(Subscriber("a@example.com", "A"))
+    rendered = dotted
+    for i, name in enumerate(NAMES):
+        subscriber = Subscriber(f"r{i}@example.com", name)
+        assert wire.data_for(subscriber) == wire_data(rendered.message_for(subscriber))
+
+
+def test_a_placeholder_at_a_line_start_or_dkim_falls_back_to_stuffing_each_message(rendered):
+    at_line_start = dataclasses.replace(rendered, segments=(rendered.segments[0] + b"\r\n", *rendered.segments[1:]))
+    signed = dataclasses.replace(rendered, sign=lambda message: b"DKIM-Signature: x\r\n" + message)
+    for variant in (at_line_start, signed):
+        wire = Wire(variant)
+        assert wire.segments is None
+        assert wire.data_for(Subscriber("a@example.com", ".x")) == wire_data(
+            variant.message_for(Subscriber("a@example.com", ".x"))
+        )
+
+
+def test_a_resend_carries_the_message_id_recorded_at_planning(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=1)
+    smtp_server.handler.replies.extend(["451 4.3.0 try later"] * 3)
+    assert send_day(settings, DAY).failed == 1
+    conn = state.connect(settings.paths.state)
+    conn.execute("UPDATE deliveries SET message_id = '<planned.1@example.org>'")
+    conn.close()
+    assert send_day(settings, DAY, retry_failed=True).delivered == 1
+    assert smtp_server.handler.messages[0].message["Message-ID"] == "<planned.1@example.org>"
