@@ -1,10 +1,11 @@
 """The subscriber list: streaming CSV, row validation with line numbers, duplicates, suppressions."""
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
 
 from newsletter import state
 from newsletter.errors import SubscriberError
-from newsletter.subscribers import Tally, iter_recipients, read_csv
+from newsletter.subscribers import Tally, _checked_domain, check_address, iter_recipients, read_csv
 
 
 def write_csv(path, text: str | bytes):
@@ -86,3 +87,37 @@ def test_the_shipped_example_list_is_valid_and_uses_reserved_domains():
     rows = list(read_csv(path, tally))
     assert tally.problems == [] and len(rows) >= 3
     assert all(s.email.rsplit("@", 1)[1] in {"example.com", "example.org", "example.net"} for s in rows)
+
+
+ADDRESSES = [
+    "ada@example.com", "Ada.Lovelace@Example.COM", "a+tag@example.org", "o'brien@example.net",
+    "x!#$%&'*+/=?^_`{|}~-y@example.com", "Postmaster@example.com", "SUPPORT@example.com",
+    "a..b@example.com", ".a@example.com", "a.@example.com", "@example.com", "a@", "a@@example.com",
+    "a@localhost", "a@example.invalid", "a@test", "a@-bad-.com", "a@exa_mple.com", "a@xn--bcher-kva.example",
+    "a@bücher.example", "zoë@example.com", '"quoted"@example.com', "Ada <ada@example.com>", "a b@example.com",
+    "a@[127.0.0.1]", "a@example..com", "a@.example.com", "a@example.com.", "a" * 64 + "@example.com",
+    "a" * 65 + "@example.com", "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 60 + ".com",
+    "a@" + "b" * 64 + ".com", "a@example.c", "a@123.example", "a@example.123",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_check_address_gives_the_libraries_answer(address):
+    """The memoized fast path and email-validator itself agree on every address, valid or not."""
+    try:
+        expected = validate_email(address, check_deliverability=False, allow_smtputf8=False).normalized
+    except EmailNotValidError as exc:
+        expected = f"error: {exc}"
+    for _ in range(2):  # the second time the domain's verdict comes from the memo
+        try:
+            got = check_address(address)
+        except ValueError as exc:
+            got = f"error: {exc}"
+        assert got == expected
+
+
+def test_a_domain_is_validated_once_for_a_whole_list():
+    _checked_domain.cache_clear()
+    for i in range(100):
+        check_address(f"reader{i}@lists.example.com")
+    assert _checked_domain.cache_info().misses == 1
