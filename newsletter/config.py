@@ -301,7 +301,7 @@ def _validate(settings: Settings) -> None:
 
 def _check_address(where: str, key: str, address: str) -> None:
     try:
-        validate_email(address, check_deliverability=False)
+        validate_email(address, check_deliverability=False, allow_smtputf8=False)  # SMTP commands are ASCII
     except EmailNotValidError as exc:
         raise ConfigError(f"{where}: '{key}' is not a valid email address ({address!r}): {exc}") from None
 

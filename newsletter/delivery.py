@@ -161,6 +161,7 @@ class _Shared:
     progress: Callable[[int], None] | None
     result: SendResult
     wire: Wire
+    recorder: _Recorder
     lock: threading.Lock = field(default_factory=threading.Lock)
     abort: str | None = None
 
@@ -169,6 +170,72 @@ class _Shared:
             setattr(self.result, outcome, getattr(self.result, outcome) + 1)
         if self.progress:
             self.progress(1)
+
+
+class _Recorder:
+    """Records accepted messages in the ledger in groups: the senders hand each 250 over, one thread commits.
+
+    A group is whatever arrived while the previous one was being committed, so one transaction
+    covers many messages. Each sending thread has a lane and waits, before it sends the next
+    message's content, until its previous acceptance is committed: at any moment at most one
+    message per connection is sent but not yet recorded, as without grouping.
+    """
+
+    def __init__(self, ledger: SQLiteLedger, day: date) -> None:
+        self.ledger, self.day = ledger, day
+        self.queue: queue.SimpleQueue[tuple[_Lane, str, str] | None] = queue.SimpleQueue()
+        self.committed = threading.Condition()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="ledger", daemon=True)
+        self.thread.start()
+
+    def close(self) -> str | None:
+        """Commit what is left and stop; return the error that stopped recording, if any."""
+        self.queue.put(None)
+        self.thread.join()
+        return self.error
+
+    def _run(self) -> None:
+        while True:
+            group = [self.queue.get()]
+            while len(group) < 2000:
+                try:
+                    group.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            accepted = [item for item in group if item is not None]
+            if accepted and self.error is None:
+                try:
+                    self.ledger.mark_delivered_many(self.day, [(email, reply) for _, email, reply in accepted])
+                except sqlite3.Error as exc:
+                    self.error = f"cannot record deliveries in the ledger ({exc}); the unrecorded ones stay pending"
+            with self.committed:
+                for lane, _, _ in accepted:
+                    lane.recorded += 1
+                self.committed.notify_all()
+            if len(accepted) < len(group):
+                return
+
+
+class _Lane:
+    """One sending thread's hand-over to the recorder."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        self.recorder = recorder
+        self.handed = 0
+        self.recorded = 0
+
+    def delivered(self, email: str, reply: str) -> None:
+        self.handed += 1
+        self.recorder.queue.put((self, email, reply))
+
+    def wait(self) -> None:
+        """Return once every acceptance handed over is committed; raise Abort if recording failed."""
+        if self.recorded < self.handed:
+            with self.recorder.committed:
+                self.recorder.committed.wait_for(lambda: self.recorded >= self.handed)
+        if self.recorder.error:
+            raise Abort(self.recorder.error)
 
 
 def send_edition(
@@ -193,6 +260,7 @@ def send_edition(
         progress,
         result,
         Wire(rendered),
+        _Recorder(ledger, day),
     )
     work: queue.Queue[list[Due] | None] = queue.Queue(maxsize=settings.smtp.connections * 4)
     workers = [
@@ -209,6 +277,8 @@ def send_edition(
             work.put(None)
         for worker in workers:
             worker.join()
+        if error := shared.recorder.close():
+            shared.abort = shared.abort or error
         result.duration = time.perf_counter() - started
     result.interrupted = shared.stop.is_set() and shared.abort is None
     if shared.abort:
@@ -244,18 +314,19 @@ def _put(work: queue.Queue[list[Due] | None], batch: list[Due], shared: _Shared)
 
 
 def _worker(shared: _Shared, work: queue.Queue[list[Due] | None]) -> None:
-    connection = _Connection(shared.settings)
+    lane = _Lane(shared.recorder)
+    connection = _Connection(shared.settings, before_data=lane.wait)
     try:
         while (batch := work.get()) is not None:
             for item in batch:
                 if shared.stop.is_set():
                     break  # what was not sent stays pending
-                _deliver_one(shared, connection, item)
+                _deliver_one(shared, connection, lane, item)
     finally:
         connection.close()
 
 
-def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
+def _deliver_one(shared: _Shared, connection: _Connection, lane: _Lane, item: Due) -> None:
     """Send one message with retries; record the outcome in the ledger."""
     settings, day = shared.settings, shared.rendered.edition.day
     subscriber = item.subscriber
@@ -288,7 +359,7 @@ def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
                 return
             delay *= 2
             continue
-        shared.ledger.mark_delivered(day, subscriber.email, reply)
+        lane.delivered(subscriber.email, reply)
         shared.count("delivered")
         return
 
@@ -296,8 +367,9 @@ def _deliver_one(shared: _Shared, connection: _Connection, item: Due) -> None:
 class _Connection:
     """One SMTP connection, opened lazily, reused for many messages, reopened after a drop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, before_data: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.before_data = before_data
         self.server: smtplib.SMTP | None = None
 
     def send(self, sender: str, recipient: str, wire: bytes) -> str:
@@ -305,7 +377,7 @@ class _Connection:
         if self.server is None:
             self.server = open_smtp(self.settings)
         try:
-            return _transaction(self.server, sender, recipient, wire)
+            return _transaction(self.server, sender, recipient, wire, self.before_data)
         except Temporary:
             self.close()
             raise
@@ -319,15 +391,19 @@ class _Connection:
             self.server = None
 
 
-def _transaction(server: smtplib.SMTP, sender: str, recipient: str, wire: bytes) -> str:
+def _transaction(
+    server: smtplib.SMTP, sender: str, recipient: str, wire: bytes, before_data: Callable[[], None] | None = None
+) -> str:
     """MAIL, RCPT, DATA for one recipient; return the final reply or raise Temporary / Permanent / Abort.
 
     When the server offers PIPELINING (RFC 2920) the three commands go out in one write, so a
     message costs two round trips instead of four. ``wire`` is the message already dot-stuffed
     and terminated (``wire_data``, ``Wire``): smtplib's per-message regex is not run.
+    ``before_data`` runs just before the content is sent (the recorder's wait).
     """
     options = " BODY=8BITMIME" if server.has_extn("8bitmime") else ""
-    commands = (f"MAIL FROM:{smtplib.quoteaddr(sender)}{options}", f"RCPT TO:{smtplib.quoteaddr(recipient)}", "DATA")
+    # both addresses were validated (config, CSV, web form): plain ASCII, no quoting needed
+    commands = (f"MAIL FROM:<{sender}>{options}", f"RCPT TO:<{recipient}>", "DATA")
     try:
         if server.has_extn("pipelining"):
             server.send("".join(f"{command}\r\n" for command in commands))
@@ -340,6 +416,12 @@ def _transaction(server: smtplib.SMTP, sender: str, recipient: str, wire: bytes)
                 if replies[-1][0] not in (250, 251):
                     break
         _check_envelope(server, sender, replies)
+        if before_data:
+            try:
+                before_data()
+            except Abort:
+                server.close()  # mid-DATA: drop the session so the server discards the message
+                raise
         server.send(wire)
         code, reply = server.getreply()
         if code != 250:

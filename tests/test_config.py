@@ -82,6 +82,7 @@ def test_printed_configuration_masks_secrets(make_settings):
         ('[smtp]\nsecurity = "ssl"\n', "'smtp.security' must be starttls, tls or none"),
         ("[smtp]\nconnections = 0\n", "'smtp.connections'"),
         ('[sender]\naddress = "not an address"\n', "'sender.address' is not a valid email address"),
+        ('[sender]\naddress = "zoë@example.org"\n', "'sender.address' is not a valid email address"),
         ('title = "outside"\n', "key 'title' must be inside a section"),
         ("[newsletter\n", "not valid TOML"),
     ],

@@ -4,6 +4,7 @@ import dataclasses
 import os
 import signal
 import smtplib
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -451,3 +452,21 @@ def test_a_resend_carries_the_message_id_recorded_at_planning(smtp_server, make_
     conn.close()
     assert send_day(settings, DAY, retry_failed=True).delivered == 1
     assert smtp_server.handler.messages[0].message["Message-ID"] == "<planned.1@example.org>"
+
+
+def test_a_ledger_that_cannot_record_stops_the_send_and_loses_no_one(smtp_server, make_sender, monkeypatch):
+    settings = make_sender(smtp_server, count=20, smtp="connections = 1\n")
+
+    def disk_full(self, day, accepted):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SQLiteLedger, "mark_delivered_many", disk_full)
+        with pytest.raises(DeliveryError, match="cannot record deliveries in the ledger"):
+            send_day(settings, DAY)
+    assert len(smtp_server.handler.messages) == 1, "nothing more is sent once acceptances cannot be recorded"
+    assert {row["status"] for row in ledger_rows(settings).values()} == {"pending"}
+    assert send_day(settings, DAY).delivered == 20
+    received = smtp_server.handler.recipients()
+    assert sorted(set(received)) == sorted(f"reader{i}@example.com" for i in range(20))
+    assert len(received) == 21, "only the one message sent but not recorded goes twice"
