@@ -315,7 +315,7 @@ def _put(work: queue.Queue[list[Due] | None], batch: list[Due], shared: _Shared)
 
 def _worker(shared: _Shared, work: queue.Queue[list[Due] | None]) -> None:
     lane = _Lane(shared.recorder)
-    connection = _Connection(shared.settings, before_data=lane.wait)
+    connection = Connection(shared.settings, before_data=lane.wait)
     try:
         while (batch := work.get()) is not None:
             for item in batch:
@@ -326,7 +326,7 @@ def _worker(shared: _Shared, work: queue.Queue[list[Due] | None]) -> None:
         connection.close()
 
 
-def _deliver_one(shared: _Shared, connection: _Connection, lane: _Lane, item: Due) -> None:
+def _deliver_one(shared: _Shared, connection: Connection, lane: _Lane, item: Due) -> None:
     """Send one message with retries; record the outcome in the ledger."""
     settings, day = shared.settings, shared.rendered.edition.day
     subscriber = item.subscriber
@@ -364,7 +364,7 @@ def _deliver_one(shared: _Shared, connection: _Connection, lane: _Lane, item: Du
         return
 
 
-class _Connection:
+class Connection:
     """One SMTP connection, opened lazily, reused for many messages, reopened after a drop."""
 
     def __init__(self, settings: Settings, before_data: Callable[[], None] | None = None) -> None:
@@ -534,7 +534,7 @@ def send_test(settings: Settings, rendered: RenderedEdition, address: str, ledge
     """Send one test copy to an address, recorded apart from the edition; return the server's reply."""
     subscriber = Subscriber(address, "")
     message_id = rendered.message_id_for(subscriber)
-    connection = _Connection(settings)
+    connection = Connection(settings)
     try:
         reply = connection.send(settings.sender.address, address, wire_data(rendered.message_for(subscriber)))
     except (Temporary, Permanent, Abort) as exc:

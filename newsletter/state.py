@@ -95,6 +95,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX signup_attempts_by_email ON signup_attempts (email, at);
         """,
     ),
+    (
+        "0030-signup-requests",
+        """
+        CREATE TABLE signup_requests (
+            token_hash TEXT PRIMARY KEY,     -- SHA-256 of the confirmation token: each link confirms its own request
+            email TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            timezone TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL
+        );
+        INSERT INTO signup_requests (token_hash, email, name, timezone, created_at)
+            SELECT 'legacy:' || email, email, name, timezone, created_at FROM pending_signups;
+        DROP TABLE pending_signups;
+        """,
+    ),
 ]
 
 

@@ -7,10 +7,10 @@ friendly pages, never tracebacks.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
-import smtplib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,6 +21,7 @@ from urllib.parse import urljoin
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
@@ -29,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from newsletter import state, tokens
 from newsletter.config import Settings
-from newsletter.delivery import Abort, Temporary, open_smtp
+from newsletter.delivery import Abort, Connection, Permanent, Temporary, wire_data
 from newsletter.render import list_id
 from newsletter.signing import signer
 from newsletter.subscribers import check_address, valid_zone
@@ -83,7 +84,7 @@ class WebApp:
             )
         if request.method == "GET":
             return self.page(
-                "unsubscribe", csrf=secrets.token_urlsafe(24), address=address, token=request.query_params["token"]
+                "unsubscribe", csrf=self._csrf(request), address=address, token=request.query_params["token"]
             )
         form = await request.form()
         one_click = form.get("List-Unsubscribe") == "One-Click"
@@ -94,11 +95,7 @@ class WebApp:
                 heading="Please try again",
                 text="This form has expired. Go back, reload the page and press the button again.",
             )
-        conn = self.connect()
-        try:
-            state.suppress(conn, address, "unsubscribed", "one-click" if one_click else "web form")
-        finally:
-            conn.close()
+        await run_in_threadpool(self._unsubscribe, address, "one-click" if one_click else "web form")
         log.info("unsubscribed %s (%s)", address, "one-click" if one_click else "form")
         if one_click:
             return PlainTextResponse("", status_code=200)  # RFC 8058: mailbox providers need no page
@@ -108,32 +105,45 @@ class WebApp:
             text=f"{address} will get no more emails from us. We are sorry to see you go.",
         )
 
+    def _unsubscribe(self, address: str, how: str) -> None:
+        conn = self.connect()
+        try:
+            state.suppress(conn, address, "unsubscribed", how)
+        finally:
+            conn.close()
+
     # Sign-up -----------------------------------------------------------------
 
     async def subscribe(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.page("subscribe", csrf=secrets.token_urlsafe(24), error="", values={})
+            return self.page("subscribe", csrf=self._csrf(request), error="", values={})
         form = await request.form()
         values = {key: str(form.get(key, "")).strip() for key in ("email", "name", "timezone")}
         if not self._csrf_ok(request, form.get("csrf")):
             return self.page(
                 "subscribe",
                 403,
-                csrf=secrets.token_urlsafe(24),
+                csrf=self._csrf(request),
                 error="This form has expired; please send it again.",
                 values=values,
             )
         error, address = self._validate(values)
         if error:
-            return self.page("subscribe", 400, csrf=secrets.token_urlsafe(24), error=error, values=values)
-        if not self._allow_attempt(address):
+            return self.page("subscribe", 400, csrf=self._csrf(request), error=error, values=values)
+        if not await run_in_threadpool(self._allow_attempt, address):
             return self.page(
                 "message",
                 429,
                 heading="Too many requests",
                 text="We have already sent several confirmation emails to this address in the last hour. Please check your inbox, or try again later.",
             )
-        self._send_confirmation(address, values["name"], values["timezone"])
+        if not await run_in_threadpool(self._send_confirmation, address, values["name"], values["timezone"]):
+            return self.page(
+                "message",
+                503,
+                heading="Please try again in a few minutes",
+                text="We could not send the confirmation email just now. Nothing was saved; please sign up again shortly.",
+            )
         return self.page(
             "message",
             heading="Check your inbox",
@@ -166,28 +176,57 @@ class WebApp:
             conn.close()
         return True
 
-    def _send_confirmation(self, address: str, name: str, zone: str) -> None:
+    def _send_confirmation(self, address: str, name: str, zone: str) -> bool:
+        """Save the request under its own link and mail the link; False if the mail server could not take it.
+
+        A refusal of the address itself (5xx) still returns True: the page must not reveal
+        which addresses can receive mail.
+        """
         expires = int(self.clock() + self.settings.web.confirm_hours * 3600)
-        token = tokens.make_token(self.secret, address, self.list_id, purpose="confirm", expires=expires)
-        link = urljoin(self.settings.newsletter.base_url, f"confirm?token={token}")
         conn = self.connect()
         try:
-            conn.execute(
-                "INSERT INTO pending_signups (email, name, timezone, created_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(email) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, created_at = excluded.created_at",
-                (address.lower(), name, zone, state.utcnow_text()),
-            )
+            with state.transaction(conn):
+                conn.execute("DELETE FROM signup_requests WHERE created_at < ?", (self._cutoff(),))
+                while True:  # a token is fixed by address and expiry: two requests in one second get distinct ones
+                    token = tokens.make_token(self.secret, address, self.list_id, purpose="confirm", expires=expires)
+                    taken = conn.execute("SELECT 1 FROM signup_requests WHERE token_hash = ?", (token_hash(token),))
+                    if taken.fetchone() is None:
+                        break
+                    expires += 1
+                conn.execute(
+                    "INSERT INTO signup_requests (token_hash, email, name, timezone, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        token_hash(token),
+                        address.lower(),
+                        name,
+                        zone,
+                        time_now(self.clock).isoformat(timespec="seconds"),
+                    ),
+                )
         finally:
             conn.close()
-        message = self._confirmation_message(address, link)
+        link = urljoin(self.settings.newsletter.base_url, f"confirm?token={token}")
+        connection = Connection(self.settings)
         try:
-            server = open_smtp(self.settings)
-            try:
-                server.sendmail(self.settings.sender.address, [address], message)
-            finally:
-                server.quit()
-        except (Abort, Temporary, smtplib.SMTPException, OSError) as exc:
+            connection.send(self.settings.sender.address, address, wire_data(self._confirmation_message(address, link)))
+        except Permanent as exc:
+            log.info("the confirmation email to %s was refused: %s", address, exc)
+        except (Abort, Temporary) as exc:
             log.error("could not send the confirmation email to %s: %s", address, exc)
+            conn = self.connect()
+            try:
+                conn.execute("DELETE FROM signup_requests WHERE token_hash = ?", (token_hash(token),))
+            finally:
+                conn.close()
+            return False
+        finally:
+            connection.close()
+        return True
+
+    def _cutoff(self) -> str:
+        """Requests older than this have expired links: they are deleted."""
+        hours = self.settings.web.confirm_hours + 1
+        return datetime.fromtimestamp(self.clock() - hours * 3600, UTC).isoformat(timespec="seconds")
 
     def _confirmation_message(self, address: str, link: str) -> bytes:
         settings = self.settings
@@ -217,22 +256,7 @@ class WebApp:
                 heading="This link has expired or is not valid",
                 text="Confirmation links work for a limited time. Please sign up again to get a fresh one.",
             )
-        conn = self.connect()
-        try:
-            with state.transaction(conn):
-                row = conn.execute(
-                    "SELECT name, timezone FROM pending_signups WHERE email = ?", (address.lower(),)
-                ).fetchone()
-                name, zone = (row[0], row[1]) if row else ("", "")
-                conn.execute(
-                    "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(email) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
-                    (address.lower(), name, zone, state.utcnow_text()),
-                )
-                conn.execute("DELETE FROM pending_signups WHERE email = ?", (address.lower(),))
-                conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (address.lower(),))
-        finally:
-            conn.close()
+        await run_in_threadpool(self._confirm, address, token)
         log.info("confirmed %s", address)
         return self.page(
             "message",
@@ -240,9 +264,49 @@ class WebApp:
             text=f"Welcome! The next edition goes to {address} tomorrow morning.",
         )
 
+    def _confirm(self, address: str, token: str) -> None:
+        """Add the subscriber with what its own request said; opening the link again changes nothing."""
+        key = address.lower()
+        conn = self.connect()
+        try:
+            with state.transaction(conn):
+                row = conn.execute(  # this link's own request, else one saved before requests were per link
+                    "SELECT name, timezone, token_hash FROM signup_requests WHERE token_hash IN (?, ?) AND email = ?",
+                    (token_hash(token), f"legacy:{key}", key),
+                ).fetchone()
+                if row is not None:
+                    conn.execute(
+                        "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(email) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
+                        (key, row[0], row[1], state.utcnow_text()),
+                    )
+                    conn.execute("DELETE FROM signup_requests WHERE token_hash = ?", (row[2],))
+                else:  # a second click, or a request made before this version: keep what is there
+                    conn.execute(
+                        "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, '', '', ?) "
+                        "ON CONFLICT(email) DO NOTHING",
+                        (key, state.utcnow_text()),
+                    )
+                conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (key,))
+        finally:
+            conn.close()
+
+    def _csrf(self, request: Request) -> str:
+        """The visitor's CSRF token: the one its cookie already holds, so forms open in other tabs keep working."""
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        return (
+            cookie
+            if len(cookie) >= 32 and cookie.isascii() and cookie.replace("-", "").replace("_", "").isalnum()
+            else secrets.token_urlsafe(24)
+        )
+
     def _csrf_ok(self, request: Request, submitted: object) -> bool:
         cookie = request.cookies.get(CSRF_COOKIE, "")
         return bool(cookie) and isinstance(submitted, str) and hmac.compare_digest(cookie, submitted)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def time_now(clock: Callable[[], float]) -> datetime:

@@ -55,3 +55,16 @@ def test_readonly_access_creates_nothing_and_cannot_write(tmp_path):
         raise AssertionError("a read-only connection accepted a write")
     except sqlite3.OperationalError:
         pass
+
+
+def test_signups_awaiting_confirmation_survive_the_upgrade_to_per_link_requests(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(state, "MIGRATIONS", [m for m in state.MIGRATIONS if m[0] != "0030-signup-requests"])
+        old = state.connect(tmp_path)
+        old.execute(
+            "INSERT INTO pending_signups VALUES ('ada@example.com', 'Ada', 'Europe/London', '2026-11-25T07:00:00+00:00')"
+        )
+        old.close()
+    conn = state.connect(tmp_path)
+    row = conn.execute("SELECT token_hash, email, name, timezone FROM signup_requests").fetchone()
+    assert tuple(row) == ("legacy:ada@example.com", "ada@example.com", "Ada", "Europe/London")

@@ -41,9 +41,20 @@ def site(make_settings, event_folder, tmp_path, smtp_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env["NEWSLETTER_SECRET"] = SECRET
     process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(tmp_path / "newsletter.toml"), "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "newsletter",
+            "--config",
+            str(tmp_path / "newsletter.toml"),
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=(tmp_path / "serve.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip  (a file, not a pipe nobody reads: a chatty server must never block)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -175,3 +186,65 @@ def test_the_public_folder_is_served(site):
     assert "<h1>Archive</h1>" in client.get("/").text
     missing = client.get("/no/such/page")
     assert missing.status_code == 404 and "Not here" in missing.text
+
+
+def sign_up(client, email, name="", timezone=""):
+    form = client.get("/subscribe")
+    return client.post("/subscribe", data={"csrf": csrf_of(form), "email": email, "name": name, "timezone": timezone})
+
+
+def confirmation_links(smtp_server, address):
+    return [
+        re.search(r"(http://127\.0\.0\.1:\d+/confirm\?token=\S+)", m.message.get_content()).group(1)
+        for m in smtp_server.handler.messages
+        if m.rcpt_tos == [address]
+    ]
+
+
+def web_subscriber(settings, address):
+    row = (
+        state.connect(settings.paths.state)
+        .execute("SELECT name, timezone FROM web_subscribers WHERE email = ?", (address,))
+        .fetchone()
+    )
+    return tuple(row) if row else None
+
+
+def test_opening_a_confirmation_link_twice_changes_nothing(site, smtp_server):
+    settings, client = site
+    sign_up(client, "twice@example.org", "Grace", "Europe/Berlin")
+    (link,) = confirmation_links(smtp_server, "twice@example.org")
+    assert client.get(link).status_code == 200
+    again = client.get(link)
+    assert again.status_code == 200 and "You are subscribed" in again.text
+    assert web_subscriber(settings, "twice@example.org") == ("Grace", "Europe/Berlin")
+
+
+def test_each_link_confirms_its_own_request_not_a_later_one(site, smtp_server):
+    settings, client = site
+    sign_up(client, "own@example.org", "Grace Hopper", "America/New_York")
+    sign_up(client, "own@example.org", "Someone Else", "Asia/Tokyo")  # anyone can type an address
+    first, second = confirmation_links(smtp_server, "own@example.org")
+    client.get(first)
+    assert web_subscriber(settings, "own@example.org") == ("Grace Hopper", "America/New_York")
+
+
+def test_a_mail_server_that_cannot_take_the_confirmation_gets_an_honest_page(site, smtp_server):
+    settings, client = site
+    smtp_server.handler.drop = 1  # the connection breaks at DATA
+    down = sign_up(client, "later@example.org")
+    assert down.status_code == 503 and "try again" in down.text and "Check your inbox" not in down.text
+    conn = state.connect(settings.paths.state)
+    assert conn.execute("SELECT COUNT(*) FROM signup_requests").fetchone()[0] == 0
+    smtp_server.handler.reject["nobody@example.org"] = "550 5.1.1 no such user"
+    refused = sign_up(client, "nobody@example.org")
+    assert refused.status_code == 200 and "Check your inbox" in refused.text  # reveals nothing about the address
+
+
+def test_two_forms_open_at_once_both_work(site, smtp_server):
+    _, client = site
+    first, second = client.get("/subscribe"), client.get("/subscribe")
+    for form, address in ((second, "tab2@example.org"), (first, "tab1@example.org")):
+        answer = client.post("/subscribe", data={"csrf": csrf_of(form), "email": address})
+        assert answer.status_code == 200, answer.text
+    assert {m.rcpt_tos[0] for m in smtp_server.handler.messages} == {"tab1@example.org", "tab2@example.org"}
