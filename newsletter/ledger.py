@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
-from newsletter.state import utcnow_text
+from newsletter.state import transaction, utcnow_text
 from newsletter.subscribers import Subscriber
 
 STATUSES = ("pending", "delivered", "failed", "bounced", "skipped")
@@ -86,16 +86,11 @@ class SQLiteLedger:
             return 0
         with self._lock:
             before = self.conn.total_changes
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self.conn):
                 self.conn.executemany(
                     "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
             return self.conn.total_changes - before
 
     def due(self, day: date, *, only_failed: bool = False, chunk: int = 1000) -> Iterator[Due]:
@@ -149,18 +144,12 @@ class SQLiteLedger:
         """Record many accepted messages, (address, reply) each, in one transaction."""
         now, day_text = utcnow_text(), day.isoformat()
         rows = [(reply[:500], now, day_text, email.lower()) for email, reply in accepted]
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.executemany(
-                    "UPDATE deliveries SET status = 'delivered', last_reply = ?, attempts = attempts + 1, updated_at = ? "
-                    "WHERE day = ? AND email = ?",
-                    rows,
-                )
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+        with self._lock, transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE deliveries SET status = 'delivered', last_reply = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE day = ? AND email = ?",
+                rows,
+            )
 
     def mark_retry(self, day: date, email: str, reply: str) -> None:
         """Record a temporary failure that will be retried in this run."""

@@ -13,7 +13,8 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
@@ -53,8 +54,14 @@ class WebApp:
             undefined=jinja2.StrictUndefined,
         )
 
-    def connect(self) -> sqlite3.Connection:
-        return state.connect(self.settings.paths.state)
+    @contextmanager
+    def database(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the state database for one request, closed afterwards."""
+        conn = state.connect(self.settings.paths.state)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     def page(self, name: str, status: int = 200, csrf: str | None = None, **context: object) -> HTMLResponse:
         """Render one of templates/web/form_*.html in the site's look."""
@@ -106,11 +113,8 @@ class WebApp:
         )
 
     def _unsubscribe(self, address: str, how: str) -> None:
-        conn = self.connect()
-        try:
+        with self.database() as conn:
             state.suppress(conn, address, "unsubscribed", how)
-        finally:
-            conn.close()
 
     # Sign-up -----------------------------------------------------------------
 
@@ -164,16 +168,12 @@ class WebApp:
     def _allow_attempt(self, address: str) -> bool:
         """Count sign-up emails per address in the last hour (stored in SQLite, so restarts do not reset it)."""
         now, key = self.clock(), address.lower()
-        conn = self.connect()
-        try:
-            with state.transaction(conn):
-                conn.execute("DELETE FROM signup_attempts WHERE at < ?", (now - 3600,))
-                count = conn.execute("SELECT COUNT(*) FROM signup_attempts WHERE email = ?", (key,)).fetchone()[0]
-                if count >= self.settings.web.signup_limit:
-                    return False
-                conn.execute("INSERT INTO signup_attempts VALUES (?, ?)", (key, now))
-        finally:
-            conn.close()
+        with self.database() as conn, state.transaction(conn):
+            conn.execute("DELETE FROM signup_attempts WHERE at < ?", (now - 3600,))
+            count = conn.execute("SELECT COUNT(*) FROM signup_attempts WHERE email = ?", (key,)).fetchone()[0]
+            if count >= self.settings.web.signup_limit:
+                return False
+            conn.execute("INSERT INTO signup_attempts VALUES (?, ?)", (key, now))
         return True
 
     def _send_confirmation(self, address: str, name: str, zone: str) -> bool:
@@ -183,28 +183,24 @@ class WebApp:
         which addresses can receive mail.
         """
         expires = int(self.clock() + self.settings.web.confirm_hours * 3600)
-        conn = self.connect()
-        try:
-            with state.transaction(conn):
-                conn.execute("DELETE FROM signup_requests WHERE created_at < ?", (self._cutoff(),))
-                while True:  # a token is fixed by address and expiry: two requests in one second get distinct ones
-                    token = tokens.make_token(self.secret, address, self.list_id, purpose="confirm", expires=expires)
-                    taken = conn.execute("SELECT 1 FROM signup_requests WHERE token_hash = ?", (token_hash(token),))
-                    if taken.fetchone() is None:
-                        break
-                    expires += 1
-                conn.execute(
-                    "INSERT INTO signup_requests (token_hash, email, name, timezone, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        token_hash(token),
-                        address.lower(),
-                        name,
-                        zone,
-                        time_now(self.clock).isoformat(timespec="seconds"),
-                    ),
-                )
-        finally:
-            conn.close()
+        with self.database() as conn, state.transaction(conn):
+            conn.execute("DELETE FROM signup_requests WHERE created_at < ?", (self._cutoff(),))
+            while True:  # a token is fixed by address and expiry: two requests in one second get distinct ones
+                token = tokens.make_token(self.secret, address, self.list_id, purpose="confirm", expires=expires)
+                taken = conn.execute("SELECT 1 FROM signup_requests WHERE token_hash = ?", (token_hash(token),))
+                if taken.fetchone() is None:
+                    break
+                expires += 1
+            conn.execute(
+                "INSERT INTO signup_requests (token_hash, email, name, timezone, created_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    token_hash(token),
+                    address.lower(),
+                    name,
+                    zone,
+                    time_now(self.clock).isoformat(timespec="seconds"),
+                ),
+            )
         link = urljoin(self.settings.newsletter.base_url, f"confirm?token={token}")
         connection = Connection(self.settings)
         try:
@@ -213,11 +209,8 @@ class WebApp:
             log.info("the confirmation email to %s was refused: %s", address, exc)
         except (Abort, Temporary) as exc:
             log.error("could not send the confirmation email to %s: %s", address, exc)
-            conn = self.connect()
-            try:
+            with self.database() as conn:
                 conn.execute("DELETE FROM signup_requests WHERE token_hash = ?", (token_hash(token),))
-            finally:
-                conn.close()
             return False
         finally:
             connection.close()
@@ -267,29 +260,25 @@ class WebApp:
     def _confirm(self, address: str, token: str) -> None:
         """Add the subscriber with what its own request said; opening the link again changes nothing."""
         key = address.lower()
-        conn = self.connect()
-        try:
-            with state.transaction(conn):
-                row = conn.execute(  # this link's own request, else one saved before requests were per link
-                    "SELECT name, timezone, token_hash FROM signup_requests WHERE token_hash IN (?, ?) AND email = ?",
-                    (token_hash(token), f"legacy:{key}", key),
-                ).fetchone()
-                if row is not None:
-                    conn.execute(
-                        "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT(email) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
-                        (key, row[0], row[1], state.utcnow_text()),
-                    )
-                    conn.execute("DELETE FROM signup_requests WHERE token_hash = ?", (row[2],))
-                else:  # a second click, or a request made before this version: keep what is there
-                    conn.execute(
-                        "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, '', '', ?) "
-                        "ON CONFLICT(email) DO NOTHING",
-                        (key, state.utcnow_text()),
-                    )
-                conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (key,))
-        finally:
-            conn.close()
+        with self.database() as conn, state.transaction(conn):
+            row = conn.execute(  # this link's own request, else one saved before requests were per link
+                "SELECT name, timezone, token_hash FROM signup_requests WHERE token_hash IN (?, ?) AND email = ?",
+                (token_hash(token), f"legacy:{key}", key),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(email) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
+                    (key, row[0], row[1], state.utcnow_text()),
+                )
+                conn.execute("DELETE FROM signup_requests WHERE token_hash = ?", (row[2],))
+            else:  # a second click, or a request made before this version: keep what is there
+                conn.execute(
+                    "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, '', '', ?) "
+                    "ON CONFLICT(email) DO NOTHING",
+                    (key, state.utcnow_text()),
+                )
+            conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (key,))
 
     def _csrf(self, request: Request) -> str:
         """The visitor's CSRF token: the one its cookie already holds, so forms open in other tabs keep working."""
