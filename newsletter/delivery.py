@@ -131,6 +131,10 @@ class Throttle:
         self._recent: deque[float] = deque()
         self._lock = threading.Lock()
 
+    @property
+    def limited(self) -> bool:
+        return bool(self.interval or self.per_hour)
+
     def wait(self, stop: threading.Event) -> bool:
         """Block until the next send is allowed; return False if asked to stop meanwhile."""
         if not self.interval and not self.per_hour:
@@ -161,7 +165,6 @@ class _Shared:
     progress: Callable[[int], None] | None
     result: SendResult
     wire: Wire
-    recorder: _Recorder
     lock: threading.Lock = field(default_factory=threading.Lock)
     abort: str | None = None
 
@@ -172,70 +175,32 @@ class _Shared:
             self.progress(1)
 
 
-class _Recorder:
-    """Records accepted messages in the ledger in groups: the senders hand each 250 over, one thread commits.
+class _Pending:
+    """A sending thread's latest acceptance, recorded in the ledger while the next envelope is on the wire.
 
-    A group is whatever arrived while the previous one was being committed, so one transaction
-    covers many messages. Each sending thread has a lane and waits, before it sends the next
-    message's content, until its previous acceptance is committed: at any moment at most one
-    message per connection is sent but not yet recorded, as without grouping.
+    The thread commits it as soon as the next message's MAIL, RCPT and DATA are sent, so the
+    commit overlaps the server's round trip, and in any case before that message's content
+    goes out or the thread waits for anything: at most one message per connection is ever
+    sent but not yet recorded.
     """
 
     def __init__(self, ledger: SQLiteLedger, day: date) -> None:
         self.ledger, self.day = ledger, day
-        self.queue: queue.SimpleQueue[tuple[_Lane, str, str] | None] = queue.SimpleQueue()
-        self.committed = threading.Condition()
-        self.error: str | None = None
-        self.thread = threading.Thread(target=self._run, name="ledger", daemon=True)
-        self.thread.start()
-
-    def close(self) -> str | None:
-        """Commit what is left and stop; return the error that stopped recording, if any."""
-        self.queue.put(None)
-        self.thread.join()
-        return self.error
-
-    def _run(self) -> None:
-        while True:
-            group = [self.queue.get()]
-            while len(group) < 2000:
-                try:
-                    group.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            accepted = [item for item in group if item is not None]
-            if accepted and self.error is None:
-                try:
-                    self.ledger.mark_delivered_many(self.day, [(email, reply) for _, email, reply in accepted])
-                except sqlite3.Error as exc:
-                    self.error = f"cannot record deliveries in the ledger ({exc}); the unrecorded ones stay pending"
-            with self.committed:
-                for lane, _, _ in accepted:
-                    lane.recorded += 1
-                self.committed.notify_all()
-            if len(accepted) < len(group):
-                return
-
-
-class _Lane:
-    """One sending thread's hand-over to the recorder."""
-
-    def __init__(self, recorder: _Recorder) -> None:
-        self.recorder = recorder
-        self.handed = 0
-        self.recorded = 0
+        self.mark: tuple[str, str] | None = None
 
     def delivered(self, email: str, reply: str) -> None:
-        self.handed += 1
-        self.recorder.queue.put((self, email, reply))
+        self.flush()
+        self.mark = (email, reply)
 
-    def wait(self) -> None:
-        """Return once every acceptance handed over is committed; raise Abort if recording failed."""
-        if self.recorded < self.handed:
-            with self.recorder.committed:
-                self.recorder.committed.wait_for(lambda: self.recorded >= self.handed)
-        if self.recorder.error:
-            raise Abort(self.recorder.error)
+    def flush(self) -> None:
+        """Commit the acceptance held, if any; raise Abort if the ledger cannot record it."""
+        if self.mark is None:
+            return
+        (email, reply), self.mark = self.mark, None
+        try:
+            self.ledger.mark_delivered(self.day, email, reply)
+        except sqlite3.Error as exc:
+            raise Abort(f"cannot record deliveries in the ledger ({exc}); the unrecorded one stays pending") from None
 
 
 def send_edition(
@@ -260,7 +225,6 @@ def send_edition(
         progress,
         result,
         Wire(rendered),
-        _Recorder(ledger, day),
     )
     work: queue.Queue[list[Due] | None] = queue.Queue(maxsize=settings.smtp.connections * 4)
     workers = [
@@ -277,8 +241,6 @@ def send_edition(
             work.put(None)
         for worker in workers:
             worker.join()
-        if error := shared.recorder.close():
-            shared.abort = shared.abort or error
         result.duration = time.perf_counter() - started
     result.interrupted = shared.stop.is_set() and shared.abort is None
     if shared.abort:
@@ -314,25 +276,39 @@ def _put(work: queue.Queue[list[Due] | None], batch: list[Due], shared: _Shared)
 
 
 def _worker(shared: _Shared, work: queue.Queue[list[Due] | None]) -> None:
-    lane = _Lane(shared.recorder)
-    connection = Connection(shared.settings, before_data=lane.wait)
+    pending = _Pending(shared.ledger, shared.rendered.edition.day)
+    connection = Connection(shared.settings, before_data=pending.flush)
     try:
-        while (batch := work.get()) is not None:
+        while _flushed(shared, pending) and (batch := work.get()) is not None:
             for item in batch:
                 if shared.stop.is_set():
                     break  # what was not sent stays pending
-                _deliver_one(shared, connection, lane, item)
+                _deliver_one(shared, connection, pending, item)
     finally:
+        _flushed(shared, pending)
         connection.close()
 
 
-def _deliver_one(shared: _Shared, connection: Connection, lane: _Lane, item: Due) -> None:
+def _flushed(shared: _Shared, pending: _Pending) -> bool:
+    """Record the acceptance held before waiting for anything; False (and stop the run) if that fails."""
+    try:
+        pending.flush()
+    except Abort as exc:
+        shared.abort = shared.abort or str(exc)
+        shared.stop.set()
+        return False
+    return True
+
+
+def _deliver_one(shared: _Shared, connection: Connection, pending: _Pending, item: Due) -> None:
     """Send one message with retries; record the outcome in the ledger."""
     settings, day = shared.settings, shared.rendered.edition.day
     subscriber = item.subscriber
     data = shared.wire.data_for(subscriber, item.message_id)
     delay = settings.smtp.retry_delay
     for attempt in range(1, settings.smtp.max_attempts + 1):
+        if shared.throttle.limited and not _flushed(shared, pending):
+            return
         if not shared.throttle.wait(shared.stop):
             return
         try:
@@ -355,11 +331,11 @@ def _deliver_one(shared: _Shared, connection: Connection, lane: _Lane, item: Due
                 return
             shared.ledger.mark_retry(day, subscriber.email, str(exc))
             log.debug("retrying %s in %.1f s: %s", subscriber.email, delay, exc)
-            if shared.stop.wait(delay):
+            if not _flushed(shared, pending) or shared.stop.wait(delay):
                 return
             delay *= 2
             continue
-        lane.delivered(subscriber.email, reply)
+        pending.delivered(subscriber.email, reply)
         shared.count("delivered")
         return
 
@@ -399,7 +375,8 @@ def _transaction(
     When the server offers PIPELINING (RFC 2920) the three commands go out in one write, so a
     message costs two round trips instead of four. ``wire`` is the message already dot-stuffed
     and terminated (``wire_data``, ``Wire``): smtplib's per-message regex is not run.
-    ``before_data`` runs just before the content is sent (the recorder's wait).
+    ``before_data`` runs before the content is sent, while the server answers the envelope
+    (it records the previous acceptance: ``_Pending``).
     """
     options = " BODY=8BITMIME" if server.has_extn("8bitmime") else ""
     # both addresses were validated (config, CSV, web form): plain ASCII, no quoting needed
@@ -407,8 +384,10 @@ def _transaction(
     try:
         if server.has_extn("pipelining"):
             server.send("".join(f"{command}\r\n" for command in commands))
+            _before_data(server, before_data)  # runs while the server answers
             replies = [server.getreply() for _ in commands]
         else:
+            _before_data(server, before_data)
             replies = []
             for command in commands:
                 server.putcmd(command)
@@ -416,12 +395,6 @@ def _transaction(
                 if replies[-1][0] not in (250, 251):
                     break
         _check_envelope(server, sender, replies)
-        if before_data:
-            try:
-                before_data()
-            except Abort:
-                server.close()  # mid-DATA: drop the session so the server discards the message
-                raise
         server.send(wire)
         code, reply = server.getreply()
         if code != 250:
@@ -432,6 +405,16 @@ def _transaction(
     except (OSError, smtplib.SMTPException) as exc:
         raise Temporary(f"connection lost: {exc or type(exc).__name__}") from None
     return f"{code} {_text(reply)}"
+
+
+def _before_data(server: smtplib.SMTP, before_data: Callable[[], None] | None) -> None:
+    if before_data is None:
+        return
+    try:
+        before_data()
+    except Abort:
+        server.close()  # mid-transaction: drop the session so the server discards the message
+        raise
 
 
 def _check_envelope(server: smtplib.SMTP, sender: str, replies: list[tuple[int, bytes]]) -> None:

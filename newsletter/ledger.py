@@ -1,8 +1,7 @@
 """The delivery ledger: one row per (edition date, subscriber), the single source of truth.
 
-A message is marked delivered only after the SMTP server accepted it (acceptances are
-committed in groups, and a sender waits for its previous one to be committed before it sends
-the next message's content). Rows are 'pending' until a final outcome, so after a crash every
+A message is marked delivered only after the SMTP server accepted it (a sender commits it
+while the next message's envelope is on the wire, and always before that message's content). Rows are 'pending' until a final outcome, so after a crash every
 row not yet 'delivered' or 'bounced' is simply sent again; only messages in flight at the
 crash (at most one per connection) can be sent twice, and they carry the same Message-ID. The interface is small (plan, due,
 mark, counts) so that a PostgreSQL implementation can stand beside this SQLite one.
@@ -41,7 +40,6 @@ class Ledger(Protocol):
     def due(self, day: date, *, only_failed: bool = False) -> Iterator[Due]: ...
     def delivered(self, day: date, emails: Iterable[str]) -> set[str]: ...
     def mark_delivered(self, day: date, email: str, reply: str) -> None: ...
-    def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None: ...
     def mark_retry(self, day: date, email: str, reply: str) -> None: ...
     def mark_failed(self, day: date, email: str, reply: str) -> None: ...
     def mark_bounced(self, day: date, email: str, reply: str) -> None: ...
@@ -139,17 +137,6 @@ class SQLiteLedger:
     def mark_delivered(self, day: date, email: str, reply: str) -> None:
         """Record that the server accepted the message (250): final."""
         self._update(day, email, "delivered", reply)
-
-    def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None:
-        """Record many accepted messages, (address, reply) each, in one transaction."""
-        now, day_text = utcnow_text(), day.isoformat()
-        rows = [(reply[:500], now, day_text, email.lower()) for email, reply in accepted]
-        with self._lock, transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE deliveries SET status = 'delivered', last_reply = ?, attempts = attempts + 1, updated_at = ? "
-                "WHERE day = ? AND email = ?",
-                rows,
-            )
 
     def mark_retry(self, day: date, email: str, reply: str) -> None:
         """Record a temporary failure that will be retried in this run."""

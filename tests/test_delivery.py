@@ -457,11 +457,11 @@ def test_a_resend_carries_the_message_id_recorded_at_planning(smtp_server, make_
 def test_a_ledger_that_cannot_record_stops_the_send_and_loses_no_one(smtp_server, make_sender, monkeypatch):
     settings = make_sender(smtp_server, count=20, smtp="connections = 1\n")
 
-    def disk_full(self, day, accepted):
+    def disk_full(self, day, email, reply):
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(SQLiteLedger, "mark_delivered_many", disk_full)
+        patch.setattr(SQLiteLedger, "mark_delivered", disk_full)
         with pytest.raises(DeliveryError, match="cannot record deliveries in the ledger"):
             send_day(settings, DAY)
     assert len(smtp_server.handler.messages) == 1, "nothing more is sent once acceptances cannot be recorded"
