@@ -17,6 +17,11 @@ SIGNED_HEADERS = (
     b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id",
     b"List-Unsubscribe", b"List-Unsubscribe-Post", b"MIME-Version", b"Content-Type",
 )  # fmt: skip
+# Listed once more than they occur (RFC 6376 section 8.15, "oversigning"): a copy added in
+# transit, such as a second List-Unsubscribe pointing elsewhere, breaks the signature.
+OVERSIGNED_HEADERS = (
+    b"From", b"To", b"Subject", b"Reply-To", b"List-Id", b"List-Unsubscribe", b"List-Unsubscribe-Post",
+)  # fmt: skip
 
 
 def signer(settings: Settings) -> Callable[[bytes], bytes] | None:
@@ -35,7 +40,7 @@ def signer(settings: Settings) -> Callable[[bytes], bytes] | None:
         raise ConfigError(f"dkim.private_key: {path} is not a usable PEM private key ({exc})") from None
 
     def sign(message: bytes) -> bytes:
-        signature = dkim.sign(message, selector, domain, key, include_headers=list(SIGNED_HEADERS))
+        signature = dkim.sign(message, selector, domain, key, include_headers=[*SIGNED_HEADERS, *OVERSIGNED_HEADERS])
         return signature + message
 
     return sign

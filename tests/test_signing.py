@@ -8,6 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from newsletter.delivery import send_day
 from newsletter.errors import ConfigError
 from newsletter.events import load_events
 from newsletter.render import render_edition
@@ -77,3 +78,33 @@ def test_an_unreadable_key_is_a_clear_error(make_settings, event_folder, tmp_pat
     )
     with pytest.raises(ConfigError, match="is not a usable PEM private key"):
         message_for(settings)
+
+
+@pytest.mark.parametrize(
+    "header", [b"List-Unsubscribe: <https://evil.example/unsub>", b"From: Someone <x@evil.example>"]
+)
+def test_an_added_second_copy_of_a_signed_header_fails_verification(signed_settings, keypair, header):
+    """Key headers are signed once more than they occur (RFC 6376 8.15): nobody can slip in a second one."""
+    data = message_for(signed_settings)
+    signature_end = data.index(b"\r\nTo:") + 2  # the DKIM-Signature header comes first
+    tampered = data[:signature_end] + header + b"\r\n" + data[signature_end:]
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: keypair[1])
+    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: keypair[1])
+
+
+def test_signed_messages_still_verify_after_delivery_over_smtp(
+    make_settings, event_folder, keypair, smtp_server, tmp_path
+):
+    """The DATA path (dot-stuffing, CRLF) hands the server exactly the bytes that were signed."""
+    csv = tmp_path / "subscribers.csv"
+    csv.write_text("email,name,timezone\nada@example.com,Ada,\nzoe@example.com,Zoë .Dot,\n", encoding="utf-8")
+    toml = (
+        f'[dkim]\ndomain = "example.org"\nselector = "news"\nprivate_key = "{keypair[0]}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+    )
+    settings = make_settings(
+        toml, env={"NEWSLETTER_SECRET": "s"}, events=event_folder, subscribers=csv, state=tmp_path / "var"
+    )
+    assert send_day(settings, date(2026, 6, 24)).delivered == 2
+    for received in smtp_server.handler.messages:
+        assert dkim.verify(received.data, dnsfunc=lambda name, timeout=5: keypair[1])
