@@ -6,6 +6,7 @@ import email
 import email.policy
 import sqlite3
 from dataclasses import dataclass
+from datetime import date
 from email.message import Message
 from pathlib import Path
 
@@ -55,32 +56,53 @@ def _address(field: str) -> str:
     return field.split(";", 1)[-1].strip().strip("<>")
 
 
-def import_bounce(path: Path, conn: sqlite3.Connection) -> BounceReport:
-    """Read one DSN file; suppress its recipient on a permanent failure (5.x.x)."""
+def import_bounce(path: Path, conn: sqlite3.Connection) -> list[BounceReport]:
+    """Read one DSN file; suppress every recipient in it that failed permanently (5.x.x)."""
     try:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
     except OSError as exc:
-        return BounceReport(path, "error", "", f"cannot read: {exc.strerror}")
+        return [BounceReport(path, "error", "", f"cannot read: {exc.strerror}")]
     if message.get_content_type() != "multipart/report" or message.get_param("report-type") != "delivery-status":
-        return BounceReport(
-            path, "ignored", "", "not a delivery status notification (multipart/report; report-type=delivery-status)"
-        )
+        return [
+            BounceReport(
+                path,
+                "ignored",
+                "",
+                "not a delivery status notification (multipart/report; report-type=delivery-status)",
+            )
+        ]
     groups = _status_fields(message)
     if not groups:
-        return BounceReport(path, "ignored", "", "no per-recipient delivery status")
-    group = groups[0]
-    status = str(group.get("Status", "")).strip()
-    action = str(group.get("Action", "")).strip().lower()
-    recipient = _address(str(group.get("Final-Recipient") or group.get("Original-Recipient") or ""))
+        return [BounceReport(path, "ignored", "", "no per-recipient delivery status")]
     ledger = SQLiteLedger(conn)
     found = ledger.find_message(_original_message_id(message))
-    address = found[1] if found else recipient
+    return [_recipient(path, conn, ledger, group, found, alone=len(groups) == 1) for group in groups]
+
+
+def _recipient(
+    path: Path,
+    conn: sqlite3.Connection,
+    ledger: SQLiteLedger,
+    group: Message,
+    found: tuple[date, str] | None,
+    alone: bool,
+) -> BounceReport:
+    """Act on one recipient's status group of a report."""
+    status = str(group.get("Status", "")).strip()
+    action = str(group.get("Action", "")).strip().lower()
+    recipient = _address(str(group.get("Final-Recipient") or group.get("Original-Recipient") or "")).lower()
+    # each of our messages goes to one address: its Message-ID names that address even when the
+    # report shows another one (a forwarding mailbox); with several recipients, each must match
+    matched = found is not None and (alone or recipient == found[1].lower())
+    address = found[1] if found is not None and matched else recipient
     if not address:
         return BounceReport(path, "ignored", "", "no recipient and no known Message-ID")
     diagnostic = " ".join(str(group.get("Diagnostic-Code", "")).split()) or status
     if action == "failed" and status.startswith("5"):
         state.suppress(conn, address, "bounced", diagnostic)
-        if found:
+        if found is not None and matched:
             ledger.mark_bounced(found[0], address, diagnostic)
         return BounceReport(path, "suppressed", address, f"permanent failure {status}")
+    if action in ("delivered", "relayed", "expanded"):
+        return BounceReport(path, "ignored", address, f"{action} {status}: not a failure")
     return BounceReport(path, "temporary", address, f"{action or 'unknown action'} {status}; not suppressed")

@@ -367,13 +367,13 @@ def bounces_import(ctx: Context, files: tuple[Path, ...]) -> None:
 
     conn = state.connect(ctx.settings.paths.state)
     try:
-        reports = [bounces.import_bounce(path, conn) for path in files]
+        reports = [report for path in files for report in bounces.import_bounce(path, conn)]
     finally:
         conn.close()
     for report in reports:
         click.echo(str(report))
     suppressed = sum(r.action == "suppressed" for r in reports)
-    click.echo(f"{len(reports)} files: {suppressed} suppressed")
+    click.echo(f"{len(files)} file{'' if len(files) == 1 else 's'}: {suppressed} suppressed")
     if any(r.action == "error" for r in reports):
         sys.exit(1)
 
