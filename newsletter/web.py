@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import sqlite3
 import time
@@ -23,11 +24,14 @@ from urllib.parse import urljoin
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import state, tokens
 from newsletter.config import Settings
@@ -249,16 +253,27 @@ class WebApp:
                 heading="This link has expired or is not valid",
                 text="Confirmation links work for a limited time. Please sign up again to get a fresh one.",
             )
-        await run_in_threadpool(self._confirm, address, token)
-        log.info("confirmed %s", address)
+        held = await run_in_threadpool(self._confirm, address, token)
+        log.info("confirmed %s%s", address, " (on hold: bounced before)" if held else "")
+        if held:
+            return self.page(
+                "message",
+                heading="Subscription confirmed, delivery on hold",
+                text=f"Earlier emails to {address} were returned by its mail server as undeliverable, so we are "
+                "not sending to it for now. If the address works again, reply to any of our emails and we will resume.",
+            )
         return self.page(
             "message",
             heading="You are subscribed",
             text=f"Welcome! The next edition goes to {address} tomorrow morning.",
         )
 
-    def _confirm(self, address: str, token: str) -> None:
-        """Add the subscriber with what its own request said; opening the link again changes nothing."""
+    def _confirm(self, address: str, token: str) -> bool:
+        """Add the subscriber with what its own request said; True if a bounce still holds delivery.
+
+        Opening the link again changes nothing. A confirmation lifts an earlier unsubscribe,
+        never a bounce: only the mail server can tell whether the address works again.
+        """
         key = address.lower()
         with self.database() as conn, state.transaction(conn):
             row = conn.execute(  # this link's own request, else one saved before requests were per link
@@ -279,6 +294,7 @@ class WebApp:
                     (key, state.utcnow_text()),
                 )
             conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (key,))
+            return conn.execute("SELECT 1 FROM suppressions WHERE email = ?", (key,)).fetchone() is not None
 
     def _csrf(self, request: Request) -> str:
         """The visitor's CSRF token: the one its cookie already holds, so forms open in other tabs keep working."""
@@ -302,6 +318,68 @@ def time_now(clock: Callable[[], float]) -> datetime:
     return datetime.fromtimestamp(clock(), UTC)
 
 
+MAX_BODY = 16 * 1024  # the forms are tiny: anything larger is refused before it is read
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # no page of ours may be framed (clickjacking the unsubscribe button)
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",  # links carry tokens: never pass them on to another site
+}
+PRIVATE_PATHS = ("/unsubscribe", "/subscribe", "/confirm")
+TOO_LARGE = "The form sent more data than we accept."  # pages with tokens or forms: never cached
+
+
+class Guard:
+    """ASGI middleware: security headers on every response, no caching of form pages, a body limit."""
+
+    def __init__(self, app: ASGIApp, web: WebApp) -> None:
+        self.app, self.web = app, web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        private = scope["path"] in PRIVATE_PATHS
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if private:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        length = Headers(scope=scope).get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            response = self.web.page("message", 413, heading="That was too much", text=TOO_LARGE)
+            await response(scope, receive, send_with_headers)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:  # a body sent without a length is counted as it arrives
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY:
+                raise HTTPException(413, TOO_LARGE)
+            return message
+
+        await self.app(scope, limited_receive, send_with_headers)
+
+
+class MaskTokens(logging.Filter):
+    """Keep link tokens (which encode an address) out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(TOKEN_IN_URL.sub(r"\1...", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+TOKEN_IN_URL = re.compile(r"(token=)[^&\s]+")
+
+
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Starlette:
     """Build the application: the three forms, then the public folder as static files."""
     web = WebApp(settings, clock)
@@ -320,13 +398,23 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> St
         Route("/confirm", web.confirm, methods=["GET"]),
         Mount("/", StaticFiles(directory=str(settings.paths.public), html=True)),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        heading = "That was too much" if exc.status_code == 413 else "That did not work"
+        return web.page("message", exc.status_code, heading=heading, text=str(exc.detail))
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, web=web)],
+        exception_handlers={404: not_found, 405: not_found, 500: server_error, HTTPException: http_error},
+    )
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run the application under uvicorn, a production-grade ASGI server."""
     import uvicorn
 
+    logging.getLogger("uvicorn.access").addFilter(MaskTokens())
     uvicorn.run(
         create_app(settings), host=host, port=port, log_level=settings.newsletter.log_level.lower(), server_header=False
     )

@@ -248,3 +248,49 @@ def test_two_forms_open_at_once_both_work(site, smtp_server):
         answer = client.post("/subscribe", data={"csrf": csrf_of(form), "email": address})
         assert answer.status_code == 200, answer.text
     assert {m.rcpt_tos[0] for m in smtp_server.handler.messages} == {"tab1@example.org", "tab2@example.org"}
+
+
+def test_every_response_carries_security_headers_and_form_pages_are_never_cached(site):
+    _, client = site
+    for path in ("/", "/subscribe", "/no/such/page"):
+        response = client.get(path)
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert client.get("/subscribe").headers["cache-control"] == "no-store"
+    assert "no-store" not in client.get("/").headers.get("cache-control", "")
+
+
+def test_an_oversized_form_gets_a_friendly_413(site, smtp_server):
+    _, client = site
+    form = client.get("/subscribe")
+    huge = client.post("/subscribe", data={"csrf": csrf_of(form), "email": "x@example.org", "name": "n" * 20000})
+    assert huge.status_code == 413 and "too much" in huge.text and "Traceback" not in huge.text
+    chunked = client.post(  # no Content-Length: counted as it arrives
+        "/subscribe",
+        content=iter([b"email=x%40example.org&name=", b"n" * 20000]),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert chunked.status_code == 413 and "too much" in chunked.text
+    assert smtp_server.handler.messages == []
+
+
+def test_the_access_log_never_records_link_tokens(site, tmp_path):
+    settings, client = site
+    token = token_for(settings, "ada@example.com")
+    assert client.get(f"/unsubscribe?token={token}").status_code == 200
+    time.sleep(0.3)  # let the server flush its log line
+    log = (tmp_path / "serve.log").read_text()
+    assert "/unsubscribe?token=" in log and token not in log
+
+
+def test_confirming_an_address_that_bounced_says_delivery_is_on_hold(site, smtp_server):
+    settings, client = site
+    conn = state.connect(settings.paths.state)
+    state.suppress(conn, "held@example.org", "bounced", "550 no such user")
+    sign_up(client, "held@example.org")
+    (link,) = confirmation_links(smtp_server, "held@example.org")
+    page = client.get(link)
+    assert page.status_code == 200 and "on hold" in page.text and "You are subscribed" not in page.text
+    assert state.suppressed(conn) == {"held@example.org": "bounced"}
