@@ -4,7 +4,8 @@ Prints, for 10,000 and 100,000 synthetic subscribers: messages per second and pe
 `send_day` (CSV read, ledger, rendering once, personalizing, 4 SMTP connections), and, in the
 same run, the machine's limit: plain smtplib sending one pre-built message over the same number
 of connections, and our own transport (PIPELINING, dot-stuffed once) sending one pre-built
-message, which shows what the CSV, the ledger and personalizing cost on top. Each measurement runs in a fresh process so that peak memory is its own.
+message, which shows what the CSV, the ledger and personalizing cost on top. Each
+measurement runs in a fresh process so that peak memory is its own.
 
 Needs `smtp-sink` (Debian: apt-get install postfix) and root (smtp-sink -u nobody).
 Run: .venv/bin/python benchmarks/bench_delivery.py [SIZES...]

@@ -93,15 +93,15 @@ def _recipient(
     recipient = _address(str(group.get("Final-Recipient") or group.get("Original-Recipient") or "")).lower()
     # each of our messages goes to one address: its Message-ID names that address even when the
     # report shows another one (a forwarding mailbox); with several recipients, each must match
-    matched = found is not None and (alone or recipient == found[1].lower())
-    address = found[1] if found is not None and matched else recipient
+    row = found if found is not None and (alone or recipient == found[1].lower()) else None
+    address = row[1] if row else recipient
     if not address:
         return BounceReport(path, "ignored", "", "no recipient and no known Message-ID")
     diagnostic = " ".join(str(group.get("Diagnostic-Code", "")).split()) or status
     if action == "failed" and status.startswith("5"):
         state.suppress(conn, address, "bounced", diagnostic)
-        if found is not None and matched:
-            ledger.mark_bounced(found[0], address, diagnostic)
+        if row:
+            ledger.mark_bounced(row[0], address, diagnostic)
         return BounceReport(path, "suppressed", address, f"permanent failure {status}")
     if action in ("delivered", "relayed", "expanded"):
         return BounceReport(path, "ignored", address, f"{action} {status}: not a failure")

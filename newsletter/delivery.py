@@ -137,7 +137,7 @@ class Throttle:
 
     def wait(self, stop: threading.Event) -> bool:
         """Block until the next send is allowed; return False if asked to stop meanwhile."""
-        if not self.interval and not self.per_hour:
+        if not self.limited:
             return not stop.is_set()
         with self._lock:
             now = self.clock()
@@ -399,9 +399,9 @@ def _transaction(
         code, reply = server.getreply()
         if code != 250:
             _reset(server)
-            raise (Permanent if code >= 500 else Temporary)(f"{code} {_text(reply)}")
+            raise _refused(code, reply)
     except smtplib.SMTPResponseException as exc:
-        raise (Permanent if exc.smtp_code >= 500 else Temporary)(f"{exc.smtp_code} {_text(exc.smtp_error)}") from None
+        raise _refused(exc.smtp_code, exc.smtp_error) from None
     except (OSError, smtplib.SMTPException) as exc:
         raise Temporary(f"connection lost: {exc or type(exc).__name__}") from None
     return f"{code} {_text(reply)}"
@@ -434,13 +434,18 @@ def _check_envelope(server: smtplib.SMTP, sender: str, replies: list[tuple[int, 
             )
         raise Temporary(f"{mail_code} {_text(mail_reply)}")
     code, reply = rest[0] if rest[0][0] not in (250, 251) else rest[1]
-    raise (Permanent if code >= 500 else Temporary)(f"{code} {_text(reply)}")
+    raise _refused(code, reply)
+
+
+def _crlf_only(data: bytes) -> bool:
+    """True when every line break is CRLF: no bare CR and no bare LF."""
+    lines = data.count(b"\r\n")
+    return data.count(b"\n") == lines and data.count(b"\r") == lines
 
 
 def wire_data(message: bytes) -> bytes:
     """The message as it goes after DATA: CRLF lines, leading dots doubled (RFC 5321 4.5.2), ending with CRLF.CRLF."""
-    lines = message.count(b"\r\n")
-    if message.count(b"\n") != lines or message.count(b"\r") != lines:
+    if not _crlf_only(message):
         message = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
     stuffed = message.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
@@ -467,7 +472,7 @@ class Wire:
             and not segments[0].startswith(b".")
             and all(not s.endswith(b"\n") for s in segments[:-1])
             and all(not s.startswith(b".") for s in segments[1:])
-            and all(s.count(b"\n") == s.count(b"\r\n") == s.count(b"\r") for s in segments)
+            and all(_crlf_only(s) for s in segments)
             and segments[-1].endswith(b"\r\n")
         )
         self.segments: tuple[bytes, ...] | None = None
@@ -481,6 +486,11 @@ class Wire:
         if self.segments is None:
             return wire_data(self.rendered.message_for(subscriber, message_id))
         return join_segments(self.segments, self.rendered.slots, self.rendered.values_for(subscriber, message_id))
+
+
+def _refused(code: int, reply: bytes | str) -> Exception:
+    """A refusal of one message: permanent for 5xx, temporary otherwise."""
+    return (Permanent if code >= 500 else Temporary)(f"{code} {_text(reply)}")
 
 
 def _reset(server: smtplib.SMTP) -> None:

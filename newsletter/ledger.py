@@ -1,10 +1,12 @@
 """The delivery ledger: one row per (edition date, subscriber), the single source of truth.
 
 A message is marked delivered only after the SMTP server accepted it (a sender commits it
-while the next message's envelope is on the wire, and always before that message's content). Rows are 'pending' until a final outcome, so after a crash every
-row not yet 'delivered' or 'bounced' is simply sent again; only messages in flight at the
-crash (at most one per connection) can be sent twice, and they carry the same Message-ID. The interface is small (plan, due,
-mark, counts) so that a PostgreSQL implementation can stand beside this SQLite one.
+while the next message's envelope is on the wire, and always before that message's
+content). Rows are 'pending' until a final outcome, so after a crash every row not yet
+'delivered' or 'bounced' is simply sent again; only messages in flight at the crash (at
+most one per connection) can be sent twice, and they carry the same Message-ID. The
+interface is small (plan, due, mark, counts) so that a PostgreSQL implementation can stand
+beside this SQLite one.
 """
 
 from __future__ import annotations

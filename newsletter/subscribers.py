@@ -17,6 +17,11 @@ from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
 from newsletter.errors import SubscriberError
 
+try:
+    from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH
+except ImportError:  # a release without these names: every address goes to the library whole
+    CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH = [], 0
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("email", "name", "timezone")
@@ -80,11 +85,6 @@ def check_address(address: str) -> str:
                 return normalized
     return _validate(address).normalized
 
-
-try:
-    from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH
-except ImportError:  # a release without these names: every address goes to the library whole
-    CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH = [], 0
 
 # RFC 5322 dot-atom with ASCII atext only: what email-validator accepts as is and never rewrites
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")

@@ -82,6 +82,11 @@ class WebApp:
             )
         return response
 
+    def error_page(self, status: int, text: str) -> HTMLResponse:
+        """A friendly page for an HTTP error."""
+        heading = "That was too much" if status == 413 else "That did not work"
+        return self.page("message", status, heading=heading, text=text)
+
     # Unsubscribe -------------------------------------------------------------
 
     async def unsubscribe(self, request: Request) -> Response:
@@ -325,8 +330,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",  # links carry tokens: never pass them on to another site
 }
-PRIVATE_PATHS = ("/unsubscribe", "/subscribe", "/confirm")
-TOO_LARGE = "The form sent more data than we accept."  # pages with tokens or forms: never cached
+PRIVATE_PATHS = ("/unsubscribe", "/subscribe", "/confirm")  # pages with tokens or forms: never cached
+TOO_LARGE = "The form sent more data than we accept."
+TOKEN_IN_URL = re.compile(r"(token=)[^&\s]+")
 
 
 class Guard:
@@ -352,8 +358,7 @@ class Guard:
 
         length = Headers(scope=scope).get("content-length", "0")
         if not length.isdigit() or int(length) > MAX_BODY:
-            response = self.web.page("message", 413, heading="That was too much", text=TOO_LARGE)
-            await response(scope, receive, send_with_headers)
+            await self.web.error_page(413, TOO_LARGE)(scope, receive, send_with_headers)
             return
         received = 0
 
@@ -377,9 +382,6 @@ class MaskTokens(logging.Filter):
         return True
 
 
-TOKEN_IN_URL = re.compile(r"(token=)[^&\s]+")
-
-
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Starlette:
     """Build the application: the three forms, then the public folder as static files."""
     web = WebApp(settings, clock)
@@ -400,8 +402,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> St
     ]
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        heading = "That was too much" if exc.status_code == 413 else "That did not work"
-        return web.page("message", exc.status_code, heading=heading, text=str(exc.detail))
+        return web.error_page(exc.status_code, str(exc.detail))
 
     return Starlette(
         routes=routes,

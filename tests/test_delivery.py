@@ -426,10 +426,9 @@ def test_wire_data_per_subscriber_is_stuffed_once_per_edition_and_exact(rendered
     wire = Wire(dotted)
     assert wire.segments is not None  # our templates allow the fast path
     assert b"\r\n..dotted" in wire.data_for(Subscriber("a@example.com", "A"))
-    rendered = dotted
     for i, name in enumerate(NAMES):
         subscriber = Subscriber(f"r{i}@example.com", name)
-        assert wire.data_for(subscriber) == wire_data(rendered.message_for(subscriber))
+        assert wire.data_for(subscriber) == wire_data(dotted.message_for(subscriber))
 
 
 def test_a_placeholder_at_a_line_start_or_dkim_falls_back_to_stuffing_each_message(rendered):
