@@ -20,12 +20,16 @@ from newsletter.errors import EventDataError
 log = logging.getLogger(__name__)
 
 REQUIRED = ("title", "date", "summary", "subject", "tags", "fun_fact", "reading", "sources")
+OPTIONAL = ("region",)
+REGIONS = (
+    "africa", "asia", "europe", "middle-east", "north-america", "latin-america", "oceania", "global",
+)  # fmt: skip
 SUBJECTS = (
     "science", "technology", "exploration", "arts", "literature", "music", "sport",
     "politics", "war", "disaster", "society", "religion", "business",
 )  # fmt: skip
 MONTHS = tuple(calendar.month_name)[1:]
-WORDS_MIN, WORDS_MAX = 200, 400
+WORDS_MIN, WORDS_MAX = 200, 500
 SECTIONS_MIN, SECTIONS_MAX = 3, 5
 SUMMARY_MAX = 200
 
@@ -69,6 +73,7 @@ class Event:
     reading: tuple[Book, ...]
     sources: tuple[str, ...]
     sections: tuple[Section, ...]
+    region: str = ""  # one of REGIONS; empty while an article has not been given one
 
     @property
     def date_label(self) -> str:
@@ -257,8 +262,8 @@ class _KeyLines:
 def _check_fields(meta: dict[str, Any], lines: _KeyLines, report: _Report) -> dict[str, Any] | None:
     """Validate the front-matter fields other than the date; return Event keyword arguments."""
     for key in meta:
-        if key not in REQUIRED:
-            report.warning(lines.of(str(key)), f"unknown field '{key}' (known: {', '.join(REQUIRED)})")
+        if key not in REQUIRED and key not in OPTIONAL:
+            report.warning(lines.of(str(key)), f"unknown field '{key}' (known: {', '.join(REQUIRED + OPTIONAL)})")
     missing = [key for key in REQUIRED if _is_empty(meta.get(key))]
     for key in missing:
         report.error(lines.of(key) if key in meta else 1, f"field '{key}' is {'empty' if key in meta else 'missing'}")
@@ -271,6 +276,11 @@ def _check_fields(meta: dict[str, Any], lines: _KeyLines, report: _Report) -> di
     if subject not in SUBJECTS:
         report.error(lines.of("subject"), f"unknown subject '{subject}' (one of: {', '.join(SUBJECTS)})")
     fields["subject"] = subject
+    if "region" in meta:
+        region = str(meta["region"]).strip().lower()
+        if region not in REGIONS:
+            report.error(lines.of("region"), f"unknown region '{region}' (one of: {', '.join(REGIONS)})")
+        fields["region"] = region
     fields["tags"] = _string_list(meta["tags"], "tags", lines, report)
     fields["sources"] = _string_list(meta["sources"], "sources", lines, report)
     fields["reading"] = _books(meta["reading"], lines, report)

@@ -140,7 +140,7 @@ def test_warnings_for_length_sections_unknown_keys_and_summary(tmp_path):
     warnings = [p for p in problems_of(path) if p.startswith("warning")]
     assert any("unknown field 'color'" in w for w in warnings)
     assert any("body has 2 sections" in w for w in warnings)
-    assert any("body has" in w and "words; write 200 to 400" in w for w in warnings)
+    assert any("body has" in w and "words; write 200 to 500" in w for w in warnings)
     assert any("summary has 210 characters" in w for w in warnings)
 
 
@@ -226,3 +226,10 @@ def test_duplicate_events_are_errors(event_folder):
 
 def test_coverage_counts_calendar_days(event_folder):
     assert load_library(event_folder).coverage() == 4
+
+
+def test_region_is_optional_and_must_be_a_known_one(tmp_path):
+    good = write_event(tmp_path, "06-25-good.md", event_text(extra_front="region: middle-east"))
+    bad = write_event(tmp_path, "06-25-bad.md", event_text(extra_front="region: atlantis"))
+    assert not [p for p in problems_of(good) if "region" in p or "unknown field" in p]
+    assert any("error: unknown region 'atlantis'" in p for p in problems_of(bad))
