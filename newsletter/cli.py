@@ -108,15 +108,39 @@ def events_group() -> None:
 @click.argument("folder", required=False, type=click.Path(path_type=Path))
 @pass_ctx
 def events_check(ctx: Context, strict: bool, folder: Path | None) -> None:
-    """Validate every event file; one line per problem, then the calendar coverage."""
+    """Validate every event file; one line per problem, the balance tables, then the calendar coverage."""
     library = events.load_library(folder or ctx.settings.paths.events)
-    for problem in library.problems:
+    problems = library.problems + events.check_library(library)
+    for problem in problems:
         click.echo(str(problem))
-    errors, warnings = len(library.errors), len(library.warnings)
+    for line in balance_lines(events.balance(library)):
+        click.echo(line)
+    errors = sum(1 for p in problems if p.severity == "error")
+    warnings = len(problems) - errors
     click.echo(f"{len(library.events)} events, {errors} errors, {warnings} warnings")
-    click.echo(f"coverage: {library.coverage()}/366 days")
+    click.echo(f"coverage: {library.coverage()}/366 days, {len(library.thin_days())} with fewer than two articles")
     if errors or (strict and warnings):
         sys.exit(1)
+
+
+def balance_lines(balance: events.Balance) -> list[str]:
+    """Format the subject, era and region tables: name, count, share."""
+
+    def table(title: str, counts: dict[str, int]) -> list[str]:
+        rows = [f"  {name:<14}{count:>5}{_share(count, balance.total):>8}" for name, count in counts.items()]
+        return [f"{title}:", *rows]
+
+    wars = f"wars and battles: {balance.subjects['war']} of {balance.total} ({_share(balance.subjects['war'], balance.total)})"
+    return [
+        *table("subjects", balance.subjects),
+        wars,
+        *table("eras", balance.eras),
+        *table("regions", balance.regions),
+    ]
+
+
+def _share(count: int, total: int) -> str:
+    return f"{100 * count / total:.1f}%" if total else "-"
 
 
 def load_edition(ctx: Context, day: date) -> selection.Edition:

@@ -6,6 +6,7 @@ import calendar
 import logging
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -29,6 +30,12 @@ SUBJECTS = (
     "politics", "war", "disaster", "society", "religion", "business",
 )  # fmt: skip
 MONTHS = tuple(calendar.month_name)[1:]
+ERAS = (  # (name, last year of the era); years are astronomical, so BC years are negative
+    ("ancient", 499), ("medieval", 1499), ("early modern", 1799),
+    ("19th century", 1899), ("20th century", 1999), ("21st century", 10_000),
+)  # fmt: skip
+ARTICLES_PER_DAY = 2  # a reader who stays two years meets a different story every day
+THIN_DAYS_SHOWN = 5
 WORDS_MIN, WORDS_MAX = 200, 500
 SECTIONS_MIN, SECTIONS_MAX = 3, 5
 SUMMARY_MAX = 200
@@ -100,7 +107,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
+        where = f"{self.path}:{self.line}" if self.line else str(self.path)  # line 0: the library as a whole
+        return f"{where}: {self.severity}: {self.message}"
 
 
 @dataclass
@@ -122,6 +130,92 @@ class Library:
     def coverage(self) -> int:
         """Count the calendar days (of 366) that have at least one event."""
         return len({(e.month, e.day) for e in self.events})
+
+    def by_day(self) -> dict[tuple[int, int], list[Event]]:
+        """Return every calendar day of a leap year (month, day), with its events sorted by id."""
+        days: dict[tuple[int, int], list[Event]] = {
+            (month, day): [] for month in range(1, 13) for day in range(1, calendar.monthrange(2000, month)[1] + 1)
+        }
+        for event in sorted(self.events, key=lambda e: e.id):
+            days[(event.month, event.day)].append(event)
+        return days
+
+    def thin_days(self) -> list[tuple[int, int]]:
+        """Return the calendar days (of 366) with fewer than ARTICLES_PER_DAY events, in calendar order."""
+        return [day for day, found in self.by_day().items() if len(found) < ARTICLES_PER_DAY]
+
+
+def era_of(year: int) -> str:
+    """Return the era of an (astronomical) year: 'ancient' before 500, ..., '21st century' from 2000."""
+    return next(name for name, last in ERAS if year <= last)
+
+
+def day_label(day: tuple[int, int]) -> str:
+    """Return a calendar day (month, day) as 'January 4'."""
+    return f"{MONTHS[day[0] - 1]} {day[1]}"
+
+
+@dataclass(frozen=True)
+class Balance:
+    """How the library spreads over subjects, eras and regions (counts of events)."""
+
+    total: int
+    subjects: dict[str, int]  # every subject of SUBJECTS, in that order
+    eras: dict[str, int]  # every era of ERAS, in order
+    regions: dict[str, int]  # every region of REGIONS, then 'unset'
+
+    @property
+    def war_share(self) -> float:
+        """Return the share of wars and battles (0 to 1)."""
+        return self.subjects["war"] / self.total if self.total else 0.0
+
+
+def balance(library: Library) -> Balance:
+    """Count the library's events by subject, era and region."""
+    subjects = Counter(e.subject for e in library.events)
+    eras = Counter(era_of(e.year) for e in library.events)
+    regions = Counter(e.region or "unset" for e in library.events)
+    return Balance(
+        total=len(library.events),
+        subjects={name: subjects[name] for name in SUBJECTS},
+        eras={name: eras[name] for name, _ in ERAS},
+        regions={name: regions[name] for name in (*REGIONS, "unset")},
+    )
+
+
+def check_library(library: Library) -> list[Problem]:
+    """Return the findings about the library as a whole: thin days, and days whose articles are too alike."""
+    problems = []
+    thin = library.thin_days()
+    if thin:
+        shown = ", ".join(day_label(day) for day in thin[:THIN_DAYS_SHOWN])
+        more = f" and {len(thin) - THIN_DAYS_SHOWN} more" if len(thin) > THIN_DAYS_SHOWN else ""
+        problems.append(
+            Problem(
+                library.folder,
+                0,
+                "warning",
+                f"{len(thin)} days have fewer than two articles: {shown}{more}",
+            )
+        )
+    for found in library.by_day().values():
+        problems.extend(_alike(found))
+    return problems
+
+
+def _alike(found: list[Event]) -> Iterator[Problem]:
+    """Yield a warning for each event of a day that shares both era and subject with an earlier one."""
+    for index, event in enumerate(found):
+        for other in found[:index]:
+            if (era_of(event.year), event.subject) == (era_of(other.year), other.subject):
+                yield Problem(
+                    event.path,
+                    1,
+                    "warning",
+                    f"same era ({era_of(event.year)}) and subject ({event.subject}) as {other.path.name}: "
+                    "a day's articles should differ in era or subject",
+                )
+                break
 
 
 class _Report:

@@ -46,10 +46,11 @@ def choose_event(
     """Return the event of an edition date.
 
     An edition already recorded in ``history`` (date -> event id) keeps its event forever.
-    Otherwise, among the day's events: a round anniversary is preferred; then the event
-    used least recently on this calendar day in earlier years; ties rotate with the year,
-    so the same date always gives the same answer and a reader does not get the same
-    event every year.
+    Otherwise, among the day's events: a round anniversary is preferred, unless that event
+    was the edition of this calendar day within the last cycle (the previous n-1 years for
+    n candidates), so that a reader who stays n years meets n different stories; then the
+    event used least recently on this calendar day in earlier years; ties rotate with the
+    year, so the same date always gives the same answer.
     """
     history = history or {}
     by_id = {e.id: e for e in events}
@@ -66,11 +67,21 @@ def choose_event(
             f"no event for {calendar.month_name[day.month]} {day.day} ({day.isoformat()}) in "
             f"{folder or 'the event library'}: add a file data/events/{day.month:02d}/{day.month:02d}-{day.day:02d}-....md"
         )
-    round_ones = [e for e in pool if is_round_anniversary(e, day.year)]
+    recent = _used_within(day, len(pool) - 1, history)
+    round_ones = [e for e in pool if is_round_anniversary(e, day.year) and e.id not in recent]
     pool = round_ones or pool
     shift = day.year % len(pool)
     rotated = pool[shift:] + pool[:shift]
     return min(rotated, key=lambda e: _last_used(e.id, day, history))
+
+
+def _used_within(day: date, years: int, history: Mapping[date, str]) -> set[str]:
+    """Return the events that were the edition of this calendar day in the previous `years` years."""
+    return {
+        used
+        for d, used in history.items()
+        if (d.month, d.day) == (day.month, day.day) and 0 < day.year - d.year <= years
+    }
 
 
 def _last_used(event_id: str, day: date, history: Mapping[date, str]) -> int:

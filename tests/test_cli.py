@@ -56,7 +56,25 @@ def test_dry_run_changes_no_state(run, tmp_path):
 def test_events_check_passes_on_a_good_library(run):
     code, out, _ = run("events", "check")
     assert code == 0
-    assert out.splitlines()[-1] == "coverage: 4/366 days"
+    assert out.splitlines()[-2:] == [
+        "5 events, 0 errors, 1 warnings",
+        "coverage: 4/366 days, 365 with fewer than two articles",
+    ]
+
+
+def test_events_check_prints_the_subject_era_and_region_tables(run):
+    out = run("events", "check")[1].splitlines()
+    assert out.index("subjects:") < out.index("eras:") < out.index("regions:")
+    assert "  politics          4   80.0%" in out and "wars and battles: 1 of 5 (20.0%)" in out
+    assert "  20th century      4   80.0%" in out and "  ancient           0    0.0%" in out
+    assert "  unset             5  100.0%" in out
+
+
+def test_events_check_strict_fails_while_a_day_has_fewer_than_two_articles(run, event_folder):
+    assert run("events", "check")[0] == 0
+    code, out, _ = run("events", "check", "--strict")
+    assert code == 1
+    assert f"{event_folder}: warning: 365 days have fewer than two articles: January 1," in out
 
 
 def test_events_check_reports_one_line_per_problem_and_fails(run, event_folder):

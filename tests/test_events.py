@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.events import find_dates, load_events, load_library, parse_event_file
+from newsletter.events import (
+    SUBJECTS,
+    balance,
+    check_library,
+    era_of,
+    find_dates,
+    load_events,
+    load_library,
+    parse_event_file,
+)
 from tests.conftest import event_text, write_event
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "example-event-page.txt"
@@ -233,3 +242,42 @@ def test_region_is_optional_and_must_be_a_known_one(tmp_path):
     bad = write_event(tmp_path, "06-25-bad.md", event_text(extra_front="region: atlantis"))
     assert not [p for p in problems_of(good) if "region" in p or "unknown field" in p]
     assert any("error: unknown region 'atlantis'" in p for p in problems_of(bad))
+
+
+# The library as a whole: days with fewer than two articles, alike pairs, balance.
+
+
+def test_era_boundaries():
+    cases = {-44: "ancient", 499: "ancient", 500: "medieval", 1499: "medieval", 1500: "early modern",
+             1799: "early modern", 1800: "19th century", 1900: "20th century", 1999: "20th century",
+             2000: "21st century", 2026: "21st century"}  # fmt: skip
+    assert {year: era_of(year) for year in cases} == cases
+
+
+def test_days_with_fewer_than_two_articles_are_one_warning_naming_the_first_few(event_folder):
+    library = load_library(event_folder)
+    assert len(library.thin_days()) == 365  # only June 25 has two
+    (warning,) = check_library(library)
+    assert str(warning) == (
+        f"{event_folder}: warning: 365 days have fewer than two articles: "
+        "January 1, January 2, January 3, January 4, January 5 and 360 more"
+    )
+
+
+def test_a_day_whose_articles_share_era_and_subject_is_a_warning(event_folder):
+    write_event(event_folder, "06-25-zz-war-too.md", event_text("Another war", "1975-06-25", subject="war"))
+    write_event(event_folder, "06-24-other-era.md", event_text("Older", "1895-06-24"))  # differs in era: fine
+    (alike,) = [p for p in check_library(load_library(event_folder)) if p.path.name != "events"]
+    assert alike.path.name == "06-25-zz-war-too.md" and alike.severity == "warning"
+    assert alike.message.startswith("same era (20th century) and subject (war) as 06-25-korean-war-begins.md")
+
+
+def test_balance_counts_subjects_eras_and_regions(event_folder):
+    write_event(event_folder, "06-24-ancient.md", event_text("Old", "44-06-24 BC", extra_front="region: europe"))
+    counts = balance(load_library(event_folder))
+    assert counts.total == 6
+    assert (counts.subjects["politics"], counts.subjects["war"], counts.war_share) == (5, 1, 1 / 6)
+    assert list(counts.subjects) == list(SUBJECTS)
+    assert counts.eras == {"ancient": 1, "medieval": 0, "early modern": 0, "19th century": 0,
+                           "20th century": 4, "21st century": 1}  # fmt: skip
+    assert (counts.regions["europe"], counts.regions["unset"]) == (1, 5)

@@ -5,9 +5,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from newsletter.config import load_settings
-from newsletter.events import SUBJECTS, load_library
+from newsletter.events import SUBJECTS, check_library, load_library
 from newsletter.render import render_edition
-from newsletter.selection import candidates_for, select_edition
+from newsletter.selection import candidates_for, choose_event, select_edition
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +22,33 @@ def test_the_shipped_library_passes_strict_checks_and_covers_every_day(library):
     assert lib.coverage() == 366
 
 
-def test_rotation_is_real_on_at_least_sixty_days(library):
+def test_the_library_check_counts_the_days_with_fewer_than_two_articles(library):
     _, lib = library
     days = {}
     for event in lib.events:
         days.setdefault((event.month, event.day), []).append(event)
-    assert sum(1 for events in days.values() if len(events) >= 2) >= 60
+    thin = 366 - sum(1 for events in days.values() if len(events) >= 2)
+    assert len(lib.thin_days()) == thin
+    found = [p for p in check_library(lib) if "fewer than two articles" in p.message]
+    if thin:  # while the content work (issue 17) is under way: reported, a warning, and correctly counted
+        (warning,) = found
+        assert warning.severity == "warning" and warning.message.startswith(f"{thin} days have fewer than two")
+    else:
+        assert found == []
+    assert thin <= 366 - 60  # rotation is real on at least sixty days
+
+
+def test_a_reader_who_stays_two_years_never_meets_the_same_story_twice(library):
+    _, lib = library
+    days = [d for d, found in lib.by_day().items() if len(found) >= 2 and d != (2, 29)]  # Feb 29: every 4 years
+    assert days
+    for start in (2026, 2027, 2028, 2031, 2049):
+        history = {}
+        for year in (start, start + 1):
+            for month, day in days:
+                history[date(year, month, day)] = choose_event(date(year, month, day), lib.events, history).id
+        repeats = [d for d in days if history[date(start, *d)] == history[date(start + 1, *d)]]
+        assert repeats == [], f"{start}-{start + 1}"
 
 
 def test_wars_and_battles_are_at_most_a_third(library):

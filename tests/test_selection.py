@@ -49,6 +49,17 @@ def test_round_anniversary_is_preferred(library):
     assert choose_event(date(2050, 6, 25), library).id == "06-25-korean-war-begins"  # 100 years
 
 
+def test_a_round_anniversary_never_repeats_last_years_story(library):
+    # 2031: no round anniversary, rotation picks the defection; 2032 is its 20th anniversary,
+    # but a reader met it the year before, so the other event is sent.
+    first = choose_event(date(2031, 6, 25), library)
+    assert first.id == "06-25-syrian-defection"
+    history = {date(2031, 6, 25): first.id}
+    assert choose_event(date(2032, 6, 25), library, history).id == "06-25-korean-war-begins"
+    # Two years back is outside a two-event cycle: the anniversary wins again.
+    assert choose_event(date(2032, 6, 25), library, {date(2030, 6, 25): first.id}).id == first.id
+
+
 def test_round_anniversary_rule():
     class E:
         def __init__(self, year):
