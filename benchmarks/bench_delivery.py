@@ -62,7 +62,8 @@ def sample_message() -> bytes:
 
 def transport(port: int, count: int) -> dict[str, float]:
     """Our own transport (pipelined, pre-stuffed) with one pre-built message: no CSV, ledger or personalizing."""
-    from newsletter.delivery import _transaction, wire_data
+    from newsletter.mail.transport import transaction
+    from newsletter.mail.wire import wire_data
 
     wire = wire_data(sample_message())
     share = count // CONNECTIONS
@@ -71,7 +72,7 @@ def transport(port: int, count: int) -> dict[str, float]:
         server = smtplib.SMTP("127.0.0.1", port)
         server.ehlo()
         for i in range(share):
-            _transaction(server, "history@example.org", f"reader{i}@example.com", wire)
+            transaction(server, "history@example.org", f"reader{i}@example.com", wire)
         server.quit()
 
     return _threads(work, share)
@@ -105,7 +106,7 @@ def baseline(port: int, count: int) -> dict[str, float]:
 def ours(port: int, count: int) -> dict[str, float]:
     """The real thing: send_day with a CSV of `count` subscribers and a fresh ledger."""
     from newsletter.config import load_settings
-    from newsletter.delivery import send_day
+    from newsletter.editions import send_day
 
     folder = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
     csv = folder / "subscribers.csv"

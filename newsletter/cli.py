@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from newsletter import __version__, config, delivery, events, selection, state, subscribers
+from newsletter import __version__, config, editions, events, selection, state, subscribers
 from newsletter.errors import NewsletterError
 from newsletter.ledger import SQLiteLedger
 
@@ -145,15 +145,15 @@ def _share(count: int, total: int) -> str:
 
 def load_edition(ctx: Context, day: date) -> selection.Edition:
     """Select the edition of a date, honouring editions already on record (read-only)."""
-    settings = ctx.settings
-    folder = settings.paths.events
-    library = events.load_events(folder)
-    conn = state.connect_readonly(settings.paths.state)
-    history = state.recorded_editions(conn) if conn else {}
-    return selection.select_edition(day, library, history, folder)
+    conn = state.connect_readonly(ctx.settings.paths.state)
+    try:
+        return editions.edition_for(day, ctx.settings, conn, record=False)
+    finally:
+        if conn:
+            conn.close()
 
 
-class BarProgress(delivery.Progress):
+class BarProgress(editions.Progress):
     """A tqdm progress bar on a terminal; nothing otherwise."""
 
     def __init__(self) -> None:
@@ -196,7 +196,7 @@ def send_command(
     settings = ctx.settings
     day = day or ctx.today()
     if dry_run or outbox:
-        report = delivery.dry_run(settings, day, outbox=outbox)
+        report = editions.dry_run(settings, day, outbox=outbox)
         event = report.edition.event
         click.echo(f"date: {day.isoformat()}")
         click.echo(f"event: {event.title} ({event.year_label}) [{event.id}]")
@@ -209,10 +209,10 @@ def send_command(
         click.echo(report.tally.skipped_summary())
         return
     if to_address:
-        reply = delivery.send_test_copy(settings, day, to_address)
+        reply = editions.send_test_copy(settings, day, to_address)
         click.echo(f"test copy of {day.isoformat()} sent to {to_address}: {reply}")
         return
-    result = delivery.send_day(settings, day, retry_failed=retry_failed, progress=BarProgress())
+    result = editions.send_day(settings, day, retry_failed=retry_failed, progress=BarProgress())
     click.echo(result.summary())
     if not result.complete:
         click.echo(

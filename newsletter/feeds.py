@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 
 from feedgen.feed import FeedGenerator
 
-from newsletter import __version__, archive, state
+from newsletter import __version__, archive
 from newsletter.config import Settings
+from newsletter.editions import edition_for
 from newsletter.errors import NewsletterError, NoEventError
-from newsletter.events import load_events
 from newsletter.render import archive_url, article_html, subject_for
-from newsletter.selection import Edition, select_edition
+from newsletter.selection import Edition
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +57,17 @@ def window(
     settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None
 ) -> tuple[list[Edition], list[date]]:
     """The editions of the last feed_days days up to ``day``, recorded so they never change; none from the future."""
-    folder = settings.paths.events
-    events = load_events(folder)
-    history = state.recorded_editions(conn)
     editions, missing = [], []
     for offset in range(settings.newsletter.feed_days):
         current = day - timedelta(days=offset)
         if now is not None and published_at(settings, current) > now:
             continue
         try:
-            edition = select_edition(current, events, history, folder)
+            edition = edition_for(current, settings, conn)
         except NoEventError as exc:
             log.warning("no edition for %s: %s", current, exc)
             missing.append(current)
             continue
-        state.record_edition(conn, current, edition.event.id)
         editions.append(edition)
     return editions, missing
 

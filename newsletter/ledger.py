@@ -40,7 +40,7 @@ class Ledger(Protocol):
 
     def plan(self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str]) -> int: ...
     def due(self, day: date, *, only_failed: bool = False) -> Iterator[Due]: ...
-    def delivered(self, day: date, emails: Iterable[str]) -> set[str]: ...
+    def finished(self, day: date) -> frozenset[str]: ...
     def mark_delivered(self, day: date, email: str, reply: str) -> None: ...
     def mark_retry(self, day: date, email: str, reply: str) -> None: ...
     def mark_failed(self, day: date, email: str, reply: str) -> None: ...
@@ -112,22 +112,14 @@ class SQLiteLedger:
                 yield Due(row[0], Subscriber(row[1], row[2], row[3]), row[4], row[5] or "")
             last = rows[-1][0]
 
-    def delivered(self, day: date, emails: Iterable[str]) -> set[str]:
-        """Return which of these addresses (lower case) already have a final outcome for the edition."""
-        keys = [e.lower() for e in emails]
-        found: set[str] = set()
+    def finished(self, day: date) -> frozenset[str]:
+        """Return the addresses (lower case) that already have a final outcome for the edition."""
         with self._lock:
-            for start in range(0, len(keys), 500):
-                part = keys[start : start + 500]
-                found.update(
-                    row[0]
-                    for row in self.conn.execute(
-                        f"SELECT email FROM deliveries WHERE day = ? AND status IN ('delivered', 'bounced', 'skipped') "
-                        f"AND email IN ({','.join('?' * len(part))})",
-                        (day.isoformat(), *part),
-                    )
-                )
-        return found
+            rows = self.conn.execute(
+                "SELECT email FROM deliveries WHERE day = ? AND status IN ('delivered', 'bounced', 'skipped')",
+                (day.isoformat(),),
+            ).fetchall()
+        return frozenset(row[0] for row in rows)
 
     def _update(self, day: date, email: str, status: str, reply: str) -> None:
         with self._lock:

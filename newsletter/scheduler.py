@@ -20,7 +20,7 @@ import schedule
 
 from newsletter import state
 from newsletter.config import Settings
-from newsletter.delivery import SendResult, send_day
+from newsletter.editions import SendResult, send_day
 from newsletter.errors import NewsletterError
 from newsletter.subscribers import Subscriber, Tally, iter_recipients
 

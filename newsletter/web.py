@@ -35,7 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import state, tokens
 from newsletter.config import Settings
-from newsletter.delivery import Abort, Connection, Permanent, Temporary, wire_data
+from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
+from newsletter.mail.wire import wire_data
 from newsletter.render import list_id
 from newsletter.signing import signer
 from newsletter.subscribers import check_address, valid_zone

@@ -22,23 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from newsletter import state
-from newsletter.delivery import (
-    Permanent,
-    Temporary,
-    Throttle,
-    Wire,
-    _transaction,
-    dry_run,
-    edition_lock,
-    send_day,
-    send_test_copy,
-    wire_data,
-)
+from newsletter.editions import dry_run, edition_lock, send_day, send_test_copy
 from newsletter.errors import DeliveryError
 from newsletter.events import load_events
 from newsletter.ledger import SQLiteLedger
+from newsletter.mail.transport import Permanent, Temporary, transaction
+from newsletter.mail.wire import Wire, wire_data
 from newsletter.render import render_edition
 from newsletter.selection import select_edition
+from newsletter.sending.throttle import Throttle
 from newsletter.subscribers import Subscriber
 from tests.conftest import RecordingHandler, free_port
 
@@ -374,7 +366,7 @@ def session(request, smtp_server):
 
 def test_one_transaction_is_two_round_trips_with_pipelining_four_without(session):
     server, handler = session
-    reply = _transaction(server, "history@example.org", "a@example.com", wire_data(b"Subject: x\r\n\r\nbody\r\n"))
+    reply = transaction(server, "history@example.org", "a@example.com", wire_data(b"Subject: x\r\n\r\nbody\r\n"))
     assert reply.startswith("250")
     assert server.writes == (2 if handler.pipelining else 4)
     assert handler.messages[0].data.endswith(b"body\r\n")
@@ -383,9 +375,9 @@ def test_one_transaction_is_two_round_trips_with_pipelining_four_without(session
 def test_leading_dots_and_line_endings_survive_the_wire(session):
     server, handler = session
     message = b"Subject: dots\r\n\r\n.starts with a dot\r\n..two\r\n.\r\nlast line without CRLF"
-    _transaction(server, "history@example.org", "a@example.com", wire_data(message))
+    transaction(server, "history@example.org", "a@example.com", wire_data(message))
     assert handler.messages[0].data == message.replace(b"without CRLF", b"without CRLF\r\n")
-    _transaction(server, "history@example.org", "b@example.com", wire_data(b"Subject: bare\n\nline\rnext\n"))
+    transaction(server, "history@example.org", "b@example.com", wire_data(b"Subject: bare\n\nline\rnext\n"))
     assert handler.messages[1].data == b"Subject: bare\r\n\r\nline\r\nnext\r\n"
 
 
@@ -401,8 +393,8 @@ def test_refusals_are_classified_and_the_session_goes_on(session, where, reply, 
     else:
         handler.replies.append(reply)
     with pytest.raises(outcome, match=reply.split()[0]):
-        _transaction(server, "history@example.org", "refused@example.com", wire_data(b"Subject: x\r\n\r\nbody\r\n"))
-    assert _transaction(
+        transaction(server, "history@example.org", "refused@example.com", wire_data(b"Subject: x\r\n\r\nbody\r\n"))
+    assert transaction(
         server, "history@example.org", "next@example.com", wire_data(b"Subject: y\r\n\r\nok\r\n")
     ).startswith("250")
     assert handler.recipients() == ["next@example.com"]

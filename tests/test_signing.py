@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from newsletter.delivery import send_day
+from newsletter.editions import send_day
 from newsletter.errors import ConfigError
 from newsletter.events import load_events
 from newsletter.render import render_edition

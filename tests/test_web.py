@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from newsletter import state, tokens
-from newsletter.delivery import send_day
+from newsletter.editions import send_day
 from newsletter.render import list_id
 from tests.conftest import free_port
 

@@ -1,0 +1,198 @@
+"""The edition of a day, from selection to the last recipient: send, dry run, test copy.
+
+``edition_for`` is the one place that selects a day's edition and records it, so that an
+edition never changes once it was sent, published or previewed on record; every command
+(send, the dry run, the test copy, preview, publish) goes through it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from newsletter import state
+from newsletter.config import Settings
+from newsletter.errors import DeliveryError
+from newsletter.events import load_events
+from newsletter.ledger import SQLiteLedger
+from newsletter.mail.outbox import write_outbox
+from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
+from newsletter.mail.wire import wire_data
+from newsletter.render import RenderedEdition, render_edition
+from newsletter.selection import Edition, select_edition
+from newsletter.sending.engine import SendResult, send_edition
+from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DryRun", "Progress", "SendResult", "dry_run", "edition_for", "edition_lock", "send_day", "send_test_copy"]
+
+
+def edition_for(day: date, settings: Settings, conn: sqlite3.Connection | None, *, record: bool = True) -> Edition:
+    """Select the edition of a date, honouring the editions on record; record it (unless ``record`` is False).
+
+    ``conn`` is the state database (read-only when ``record`` is False) or None when there is
+    none yet. A recorded edition keeps its event forever (see ``selection.choose_event``).
+    """
+    folder = settings.paths.events
+    history = state.recorded_editions(conn) if conn is not None else {}
+    edition = select_edition(day, load_events(folder), history, folder)
+    if record and conn is not None:
+        state.record_edition(conn, day, edition.event.id)
+    return edition
+
+
+@contextmanager
+def edition_lock(state_dir: Path, day: date) -> Iterator[None]:
+    """Hold the lock of an edition: a second send of the same date exits with a clear message."""
+    folder = state_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"send-{day.isoformat()}.lock"
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DeliveryError(
+                f"another send of the {day.isoformat()} edition is running (pid {holder}); wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+class Progress:
+    """What the CLI shows while sending; the default shows nothing."""
+
+    def start(self, total: int) -> None:
+        """Called once with the number of messages due."""
+
+    def update(self, count: int) -> None:
+        """Called after each recipient reaches an outcome."""
+
+    def close(self) -> None:
+        """Called when the run ends."""
+
+
+def send_day(
+    settings: Settings,
+    day: date,
+    *,
+    retry_failed: bool = False,
+    select: Callable[[Subscriber], bool] | None = None,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> SendResult:
+    """The real send of one edition: lock it, record it, render it, plan recipients, send."""
+    progress = progress or Progress()
+    conn = state.connect(settings.paths.state)
+    try:
+        with edition_lock(settings.paths.state, day):
+            if retry_failed and day not in state.recorded_editions(conn):
+                raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
+            ledger = SQLiteLedger(conn)
+            rendered = render_edition(edition_for(day, settings, conn), settings, now=now)
+            result = SendResult(day)
+            if not retry_failed:
+                tally = Tally()
+                recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
+                result.planned = ledger.plan(
+                    day, filter(select, recipients) if select else recipients, rendered.message_id_for
+                )
+                _note_skipped(result, tally)
+            counts = ledger.counts(day)
+            progress.start(counts["failed"] if retry_failed else counts["pending"] + counts["failed"])
+            try:
+                return send_edition(
+                    settings,
+                    rendered,
+                    ledger,
+                    only_failed=retry_failed,
+                    stop=stop,
+                    progress=progress.update,
+                    result=result,
+                )
+            finally:
+                progress.close()
+    finally:
+        conn.close()
+
+
+def _note_skipped(result: SendResult, tally: Tally) -> None:
+    for problem in tally.problems:
+        log.warning("skipped %s", problem)
+    result.skipped = tally.invalid + tally.duplicates + tally.suppressed
+    result.skipped_detail = f"{tally.invalid} invalid, {tally.duplicates} duplicate, {tally.suppressed} suppressed"
+
+
+@dataclass
+class DryRun:
+    """What a send would do, computed without a network connection or a change of state."""
+
+    edition: Edition
+    rendered: RenderedEdition
+    recipients: int
+    tally: Tally
+    already: int  # recipients with a final outcome in the ledger already
+
+
+def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> DryRun:
+    """Select, render and count (or write to an outbox) without touching the network or the state."""
+    conn = state.connect_readonly(settings.paths.state)
+    try:
+        edition = edition_for(day, settings, conn, record=False)
+        rendered = render_edition(edition, settings, allow_insecure_secret=True)
+        tally = Tally()
+        recipients = iter_recipients(settings.paths.subscribers, conn, tally)
+        done = SQLiteLedger(conn).finished(day) if conn else frozenset()
+        pending = (s for s in recipients if s.key not in done)
+        count = write_outbox(rendered, pending, outbox) if outbox else sum(1 for _ in pending)
+        return DryRun(edition, rendered, count, tally, len(done))
+    finally:
+        if conn:
+            conn.close()
+
+
+def send_test_copy(settings: Settings, day: date, address: str) -> str:
+    """Send a test copy of a date's edition to one address, without touching the edition's rows."""
+    try:
+        address = check_address(address)
+    except ValueError as exc:
+        raise DeliveryError(f"--to {address!r} is not a valid email address: {exc}") from None
+    conn = state.connect(settings.paths.state)
+    try:
+        edition = edition_for(day, settings, conn, record=False)
+        return send_test(settings, render_edition(edition, settings), address, SQLiteLedger(conn))
+    finally:
+        conn.close()
+
+
+def send_test(settings: Settings, rendered: RenderedEdition, address: str, ledger: SQLiteLedger) -> str:
+    """Send one test copy to an address, recorded apart from the edition; return the server's reply."""
+    subscriber = Subscriber(address, "")
+    message_id = rendered.message_id_for(subscriber)
+    connection = Connection(settings)
+    try:
+        reply = connection.send(settings.sender.address, address, wire_data(rendered.message_for(subscriber)))
+    except (Temporary, Permanent, Abort) as exc:
+        ledger.record_test_send(rendered.edition.day, address, "failed", str(exc), message_id)
+        raise DeliveryError(f"test copy to {address} failed: {exc}") from None
+    finally:
+        connection.close()
+    ledger.record_test_send(rendered.edition.day, address, "delivered", reply, message_id)
+    return reply
