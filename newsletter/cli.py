@@ -5,8 +5,14 @@ Every NewsletterError becomes one line 'Error: ...' on stderr and exit status 1.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
+import sqlite3
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -226,39 +232,37 @@ def send_command(
 @click.option("--date", "day", type=DATE, help="Show one edition in detail.")
 @pass_ctx
 def status_command(ctx: Context, day: date | None) -> None:
-    """Show the editions in the ledger and their counts."""
-    conn = state.connect_readonly(ctx.settings.paths.state)
-    if conn is None:
+    """Show the editions in the ledger and their counts, then the subscribers by status and frequency."""
+    if state.connect_readonly(ctx.settings.paths.state) is None:
         click.echo("no edition has been sent yet")
         return
-    ledger = SQLiteLedger(conn)
-    editions = state.recorded_editions(conn)
-    rows = [(day, ledger.counts(day))] if day else ledger.editions()
+    with synced_list(ctx) as conn:
+        ledger = SQLiteLedger(conn)
+        editions = state.recorded_editions(conn)
+        rows = [(day, ledger.counts(day))] if day else ledger.editions()
+        counts = state.subscriber_counts(conn)
     click.echo(f"{'date':<12}{'event':<44}{'delivered':>10}{'bounced':>9}{'failed':>8}{'pending':>9}")
-    for when, counts in rows:
+    for when, tally in rows:
         click.echo(
-            f"{when.isoformat():<12}{editions.get(when, '-')[:43]:<44}{counts['delivered']:>10}{counts['bounced']:>9}{counts['failed']:>8}{counts['pending']:>9}"
+            f"{when.isoformat():<12}{editions.get(when, '-')[:43]:<44}{tally['delivered']:>10}{tally['bounced']:>9}{tally['failed']:>8}{tally['pending']:>9}"
         )
+    click.echo("")
+    click.echo(subscriber_table(counts), nl=False)
+
+
+def subscriber_table(counts: dict[tuple[str, str], int]) -> str:
+    """The list's counts by status (rows) and frequency (columns)."""
+    header = ("subscribers", *state.FREQUENCIES, "total")
+    rows = []
+    for status in state.SUBSCRIBER_STATUSES:
+        cells = [counts.get((status, frequency), 0) for frequency in state.FREQUENCIES]
+        rows.append([status, *map(str, cells), str(sum(cells))])
+    return table_text(header, rows)
 
 
 @cli.group("subscribers")
 def subscribers_group() -> None:
-    """Inspect the subscriber list."""
-
-
-@subscribers_group.command("check")
-@pass_ctx
-def subscribers_check(ctx: Context) -> None:
-    """Report the subscriber list's problems without sending; exit 1 if any row is bad."""
-    settings = ctx.settings
-    conn = state.connect_readonly(settings.paths.state)
-    tally = subscribers.Tally()
-    count = sum(1 for _ in subscribers.iter_recipients(settings.paths.subscribers, conn, tally))
-    for problem in tally.problems:
-        click.echo(str(problem))
-    click.echo(f"{settings.paths.subscribers}: {count} recipients; {tally.skipped_summary()}")
-    if tally.problems:
-        sys.exit(1)
+    """Add, remove, import, list and check subscribers (the list of record in the state database)."""
 
 
 @cli.command("preview")
@@ -402,29 +406,194 @@ def bounces_import(ctx: Context, files: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
+@contextmanager
+def synced_list(ctx: Context) -> Iterator[sqlite3.Connection]:
+    """The state database with paths.subscribers synced into the list; the file's bad rows are warned about."""
+    settings = ctx.settings
+    conn = state.connect(settings.paths.state)
+    try:
+        tally = subscribers.Tally()
+        subscribers.sync_csv(settings.paths.subscribers, conn, tally)
+        for problem in tally.problems:
+            click.echo(f"warning: {problem}", err=True)
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def state_db(ctx: Context) -> Iterator[sqlite3.Connection]:
+    """The state database (created if needed), closed afterwards."""
+    conn = state.connect(ctx.settings.paths.state)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+FREQUENCY = click.Choice(state.FREQUENCIES)
+WEEKDAY = click.Choice(state.WEEKDAYS, case_sensitive=False)
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The reader's name, for the greeting.")
+@click.option("--timezone", default="", metavar="ZONE", help="IANA time zone (default: newsletter.timezone).")
+@click.option("--frequency", type=FREQUENCY, default="daily", show_default=True, help="Daily edition or weekly digest.")
+@click.option("--weekday", type=WEEKDAY, default="monday", show_default=True, help="The weekly digest's day.")
+@pass_ctx
+def subscribers_add(ctx: Context, email: str, name: str, timezone: str, frequency: str, weekday: str) -> None:
+    """Add EMAIL to the list (an earlier unsubscribe or bounce stays in force)."""
+    with state_db(ctx) as conn:
+        entry = subscribers.add(conn, email, name=name, timezone=timezone, frequency=frequency, weekday=weekday.lower())
+    held = "" if entry.status == "active" else f"; it stays {entry.status} (see 'newsletter subscribers resubscribe')"
+    click.echo(f"added {entry.email} ({entry.frequency}){held}")
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@pass_ctx
+def subscribers_remove(ctx: Context, email: str) -> None:
+    """Unsubscribe EMAIL: it is suppressed as unsubscribed and kept on record."""
+    with state_db(ctx) as conn:
+        done = subscribers.remove(conn, email)
+    click.echo(f"unsubscribed {email.strip().lower()}" if done else f"{email.strip().lower()} was already suppressed")
+
+
+@subscribers_group.command("resubscribe")
+@click.argument("email")
+@click.option("--force", is_flag=True, help="Also lift a bounce or a complaint.")
+@pass_ctx
+def subscribers_resubscribe(ctx: Context, email: str, force: bool) -> None:
+    """Lift the unsubscribe of EMAIL (a bounce or complaint only with --force)."""
+    with state_db(ctx) as conn:
+        lifted = subscribers.resubscribe(conn, email, force=force)
+    address = email.strip().lower()
+    click.echo(f"resubscribed {address} (was {lifted})" if lifted else f"{address} is already active")
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def subscribers_import(ctx: Context, file: Path) -> None:
+    """Add the rows of a CSV file (email,name,timezone[,frequency,weekday]); bad rows are reported and skipped."""
+    tally = subscribers.Tally()
+    with state_db(ctx) as conn:
+        result = subscribers.import_csv(file, conn, tally)
+    for problem in tally.problems:
+        click.echo(str(problem), err=True)
+    click.echo(
+        f"{file}: {result.added} added, {result.unchanged} already on the list, "
+        f"{tally.invalid} bad rows skipped, {tally.duplicates} duplicates"
+    )
+    if tally.problems:
+        sys.exit(1)
+
+
+LIST_COLUMNS = ("email", "name", "timezone", "frequency", "weekday", "status", "source", "created_at")
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=click.Choice(state.SUBSCRIBER_STATUSES), help="Only subscribers of this status.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output."
+)
+@pass_ctx
+def subscribers_list(ctx: Context, status: str | None, fmt: str) -> None:
+    """List the subscribers on record (paths.subscribers synced in first)."""
+    with synced_list(ctx) as conn:
+        rows = [[getattr(e, c) for c in LIST_COLUMNS] for e in subscribers.entries(conn, status)]
+    if fmt == "json":
+        click.echo(
+            json.dumps([dict(zip(LIST_COLUMNS, row, strict=True)) for row in rows], ensure_ascii=False, indent=1)
+        )
+    elif fmt == "csv":
+        click.echo(csv_text([LIST_COLUMNS, *rows]), nl=False)
+    else:
+        click.echo(table_text(LIST_COLUMNS, rows), nl=False)
+
+
+def csv_text(rows: Iterable[Iterable[object]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def table_text(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, the last one unpadded."""
+    widths = [max([len(h), *(len(str(r[i])) for r in rows)]) for i, h in enumerate(header)]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [list(header), *rows]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@subscribers_group.command("check")
+@pass_ctx
+def subscribers_check(ctx: Context) -> None:
+    """Report the CSV file's bad rows and count who would be mailed, without changing anything; exit 1 if a row is bad."""
+    settings = ctx.settings
+    conn = state.connect_readonly(settings.paths.state)
+    tally = subscribers.Tally()
+    try:
+        found = [s.frequency for s in subscribers.iter_recipients(settings.paths.subscribers, conn, tally, None)]
+    finally:
+        if conn:
+            conn.close()
+    for problem in tally.problems:
+        click.echo(str(problem))
+    click.echo(f"{settings.paths.subscribers}: {tally.rows} rows, {tally.invalid} bad")
+    daily, weekly = found.count("daily"), found.count("weekly")
+    click.echo(f"list: {len(found)} to mail ({daily} daily, {weekly} weekly); {tally.skipped_summary()}")
+    if tally.problems:
+        sys.exit(1)
+
+
 @subscribers_group.command("export")
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
 )
 @pass_ctx
 def subscribers_export(ctx: Context, output: Path | None) -> None:
-    """Write the current list as CSV: the CSV file and web sign-ups, minus unsubscribed and bounced."""
-    import csv
-    import io
-
+    """Write everyone who is mailed as CSV (email,name,timezone,frequency,weekday), ready for 'import'."""
     settings = ctx.settings
-    conn = state.connect_readonly(settings.paths.state)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(subscribers.COLUMNS)
     tally = subscribers.Tally()
-    for subscriber in subscribers.iter_recipients(settings.paths.subscribers, conn, tally):
-        writer.writerow([subscriber.email, subscriber.name, subscriber.timezone])
+    with synced_list(ctx) as conn:
+        rows = [
+            [s.email, s.name, s.timezone, s.frequency, s.weekday]
+            for s in subscribers.iter_recipients(settings.paths.subscribers, conn, tally, None)
+        ]
+    text = csv_text([subscribers.COLUMNS, *rows])
     if output:
-        output.write_text(buffer.getvalue(), encoding="utf-8")
-        click.echo(f"wrote {output}: {tally.skipped_summary()}", err=True)
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}: {len(rows)} subscribers; {tally.skipped_summary()}", err=True)
     else:
-        click.echo(buffer.getvalue(), nl=False)
+        click.echo(text, nl=False)
+
+
+@cli.group("suppressions")
+def suppressions_group() -> None:
+    """See and lift suppressions (unsubscribed, bounced, complained addresses are never mailed)."""
+
+
+@suppressions_group.command("list")
+@pass_ctx
+def suppressions_list(ctx: Context) -> None:
+    """List every suppressed address with its reason, date and detail."""
+    with state_db(ctx) as conn:
+        rows = [[r["email"], r["reason"], r["created_at"], r["detail"]] for r in state.suppression_rows(conn)]
+    click.echo(table_text(("email", "reason", "since", "detail"), rows), nl=False)
+
+
+@suppressions_group.command("remove")
+@click.argument("email")
+@pass_ctx
+def suppressions_remove(ctx: Context, email: str) -> None:
+    """Lift the suppression of EMAIL, whatever its reason (the address is mailed again if it is on the list)."""
+    with state_db(ctx) as conn:
+        reason = subscribers.lift(conn, email)
+    click.echo(f"lifted the suppression of {email.strip().lower()} (was {reason})")
 
 
 def main() -> None:

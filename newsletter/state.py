@@ -7,6 +7,7 @@ and are recorded in the ``migrations`` table.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,35 @@ MIGRATIONS: list[tuple[str, str]] = [
         DROP TABLE pending_signups;
         """,
     ),
+    (
+        "0040-subscriber-list",
+        """
+        CREATE TABLE subscribers (
+            email TEXT PRIMARY KEY,          -- lower-cased address: the key
+            address TEXT NOT NULL,           -- the address as given (normalized by email-validator)
+            public_id TEXT NOT NULL UNIQUE,  -- 16 random bytes, hex, for links: it never changes
+            name TEXT NOT NULL DEFAULT '',
+            timezone TEXT NOT NULL DEFAULT '',  -- IANA zone, empty for newsletter.timezone
+            frequency TEXT NOT NULL DEFAULT 'daily' CHECK (frequency IN ('daily', 'weekly')),
+            weekday TEXT NOT NULL DEFAULT 'monday'
+                CHECK (weekday IN ('monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday', 'sunday')),
+            source TEXT NOT NULL,            -- 'csv' (paths.subscribers) | 'web' | 'cli' | 'import'
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            edited_at TEXT NOT NULL DEFAULT '',  -- set when the reader or operator changes preferences: the CSV no longer rules the row
+            csv_sync TEXT NOT NULL DEFAULT ''    -- the last sync of paths.subscribers that found this address
+        );
+        INSERT INTO subscribers (email, address, public_id, name, timezone, source, created_at, updated_at)
+            SELECT email, email, lower(hex(randomblob(16))), name, timezone, 'web', confirmed_at, confirmed_at
+            FROM web_subscribers;
+        DROP TABLE web_subscribers;
+        CREATE TABLE csv_syncs (
+            path TEXT PRIMARY KEY,           -- the CSV file, resolved
+            signature TEXT NOT NULL,         -- size and mtime when it was last synced: unchanged files are not read again
+            synced_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 
@@ -198,8 +228,167 @@ def connect_readonly(state_dir: Path) -> sqlite3.Connection | None:
         return None
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        conn.execute("SELECT 1 FROM migrations")
+        applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
     except sqlite3.Error as exc:
         raise NewsletterError(f"{path}: cannot read the state database: {exc}") from None
+    if not applied.issuperset(name for name, _ in MIGRATIONS):  # written by an older version: upgrade it once
+        conn.close()
+        connect(state_dir).close()
+        return connect_readonly(state_dir)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+# The subscriber list --------------------------------------------------------------------
+# A subscriber's status is not stored beside the row: it is the suppression's reason
+# ('unsubscribed', 'bounced', 'complained'), else 'active'. The suppression list stays the
+# one thing delivery checks, so the two can never disagree, and it also holds addresses
+# that are not (or no longer) on the list.
+
+FREQUENCIES = ("daily", "weekly")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced", "complained")
+
+SELECT_SUBSCRIBERS = (
+    "SELECT s.email, s.address, s.public_id, s.name, s.timezone, s.frequency, s.weekday, s.source, "
+    "s.created_at, s.edited_at, COALESCE(x.reason, 'active') AS status "
+    "FROM subscribers s LEFT JOIN suppressions x ON x.email = s.email"
+)
+INSERT_SUBSCRIBER = (
+    "INSERT INTO subscribers (email, address, public_id, name, timezone, frequency, weekday, source, "
+    "created_at, updated_at, edited_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_CSV_ROW = (
+    "INSERT INTO subscribers (email, address, public_id, name, timezone, frequency, weekday, source, "
+    "created_at, updated_at, csv_sync) VALUES (?, ?, ?, ?, ?, ?, ?, 'csv', ?, ?, ?) "
+    "ON CONFLICT(email) DO UPDATE SET csv_sync = excluded.csv_sync, "
+    + ", ".join(
+        f"{column} = CASE WHEN subscribers.source = 'csv' AND subscribers.edited_at = '' "
+        f"THEN excluded.{column} ELSE subscribers.{column} END"
+        for column in ("address", "name", "timezone", "frequency", "weekday", "updated_at")
+    )
+)  # the file rules its own rows until someone edits them; other sources' rows keep their values
+UPDATE_PREFERENCES = (
+    "UPDATE subscribers SET name = ?, timezone = ?, frequency = ?, weekday = ?, updated_at = ?, edited_at = ? "
+    "WHERE email = ?"
+)
+CONFIRM_SIGNUP = (
+    INSERT_SUBSCRIBER + " ON CONFLICT(email) DO UPDATE SET name = excluded.name, timezone = excluded.timezone, "
+    "updated_at = excluded.updated_at, edited_at = excluded.edited_at"
+)
+
+
+def new_public_id() -> str:
+    """A subscriber's public id: 16 random bytes as hex (URL-safe), like the migration's."""
+    return secrets.token_hex(16)
+
+
+def add_subscriber(
+    conn: sqlite3.Connection,
+    address: str,
+    *,
+    name: str = "",
+    timezone: str = "",
+    frequency: str = "daily",
+    weekday: str = "monday",
+    source: str,
+    replace: bool = False,
+) -> bool:
+    """Add an address to the list; True if it was new. ``replace`` updates name and zone of a row already there."""
+    now = utcnow_text()
+    row = (address.lower(), address, new_public_id(), name, timezone, frequency, weekday, source, now, now, now)
+    sql = CONFIRM_SIGNUP if replace else INSERT_SUBSCRIBER + " ON CONFLICT(email) DO NOTHING"
+    before = conn.total_changes
+    exists = conn.execute("SELECT 1 FROM subscribers WHERE email = ?", (address.lower(),)).fetchone()
+    conn.execute(sql, row)
+    return exists is None and conn.total_changes > before
+
+
+def find_subscriber(conn: sqlite3.Connection, email: str) -> sqlite3.Row | None:
+    """The list's row of an address (any status), or None."""
+    return conn.execute(SELECT_SUBSCRIBERS + " WHERE s.email = ?", (email.strip().lower(),)).fetchone()
+
+
+def find_subscriber_by_public_id(conn: sqlite3.Connection, public_id: str) -> sqlite3.Row | None:
+    """The list's row with this public id, or None."""
+    return conn.execute(SELECT_SUBSCRIBERS + " WHERE s.public_id = ?", (public_id,)).fetchone()
+
+
+def subscriber_rows(conn: sqlite3.Connection, status: str | None = None) -> Iterator[sqlite3.Row]:
+    """Stream the list (oldest first), optionally of one status."""
+    where = " WHERE COALESCE(x.reason, 'active') = ?" if status else ""
+    yield from conn.execute(SELECT_SUBSCRIBERS + where + " ORDER BY s.created_at, s.email", (status,) if status else ())
+
+
+def subscriber_rows_for(conn: sqlite3.Connection, emails: list[str]) -> dict[str, sqlite3.Row]:
+    """The rows of some addresses (lower case), by address; at most 500 at a time."""
+    marks = ",".join("?" * len(emails))
+    return {row["email"]: row for row in conn.execute(SELECT_SUBSCRIBERS + f" WHERE s.email IN ({marks})", emails)}
+
+
+def subscriber_rows_not_from_csv(conn: sqlite3.Connection) -> Iterator[sqlite3.Row]:
+    """Stream the rows added on the web, by the CLI or by an import (not by paths.subscribers)."""
+    yield from conn.execute(SELECT_SUBSCRIBERS + " WHERE s.source != 'csv' ORDER BY s.created_at, s.email")
+
+
+def update_preferences(
+    conn: sqlite3.Connection, email: str, *, name: str, timezone: str, frequency: str, weekday: str
+) -> bool:
+    """Store a subscriber's own choices (from then on the CSV no longer changes the row); False if not on the list."""
+    now = utcnow_text()
+    cursor = conn.execute(UPDATE_PREFERENCES, (name, timezone, frequency, weekday, now, now, email.strip().lower()))
+    return cursor.rowcount == 1
+
+
+def subscriber_counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """Count the list by (status, frequency)."""
+    rows = conn.execute(
+        "SELECT COALESCE(x.reason, 'active'), s.frequency, COUNT(*) FROM subscribers s "
+        "LEFT JOIN suppressions x ON x.email = s.email GROUP BY 1, 2"
+    )
+    return {(status, frequency): count for status, frequency, count in rows}
+
+
+def suppression_of(conn: sqlite3.Connection, email: str) -> sqlite3.Row | None:
+    """The suppression of an address (reason, detail, created_at), or None."""
+    return conn.execute(
+        "SELECT email, reason, detail, created_at FROM suppressions WHERE email = ?", (email.strip().lower(),)
+    ).fetchone()
+
+
+def suppression_rows(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every suppression, oldest first."""
+    return conn.execute(
+        "SELECT email, reason, detail, created_at FROM suppressions ORDER BY created_at, email"
+    ).fetchall()
+
+
+def lift_suppression(conn: sqlite3.Connection, email: str) -> bool:
+    """Remove an address from the suppression list; False if it was not on it."""
+    return conn.execute("DELETE FROM suppressions WHERE email = ?", (email.strip().lower(),)).rowcount == 1
+
+
+def csv_signature(conn: sqlite3.Connection, path: str) -> str:
+    """The signature (size, mtime) of the CSV file when it was last synced; '' if never."""
+    row = conn.execute("SELECT signature FROM csv_syncs WHERE path = ?", (path,)).fetchone()
+    return row[0] if row else ""
+
+
+def upsert_csv_rows(conn: sqlite3.Connection, rows: list[tuple[str, ...]], stamp: str) -> None:
+    """Add or refresh rows of the CSV file: (address, name, timezone, frequency, weekday) each."""
+    now = utcnow_text()
+    conn.executemany(
+        UPSERT_CSV_ROW,
+        [(a.lower(), a, new_public_id(), n, z, f, w, now, now, stamp) for a, n, z, f, w in rows],
+    )
+
+
+def finish_csv_sync(conn: sqlite3.Connection, path: str, signature: str, stamp: str) -> int:
+    """Drop the CSV's rows that this sync did not find; record the file's signature; return how many left."""
+    dropped = conn.execute("DELETE FROM subscribers WHERE source = 'csv' AND csv_sync != ?", (stamp,)).rowcount
+    conn.execute(
+        "INSERT INTO csv_syncs (path, signature, synced_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(path) DO UPDATE SET signature = excluded.signature, synced_at = excluded.synced_at",
+        (path, signature, utcnow_text()),
+    )
+    return dropped

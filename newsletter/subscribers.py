@@ -1,10 +1,20 @@
-"""Subscribers: the CSV list (read streaming, validated row by row), web sign-ups, suppressions."""
+"""Subscribers: the list of record in the state database, the CSV file beside it, suppressions.
+
+The list (table ``subscribers``, SQL in ``state``) holds everyone, wherever they came from:
+the web, ``subscribers add``, ``subscribers import`` and the CSV file at
+``paths.subscribers``. The CSV is synced into the list at every send (its rows have
+source 'csv'): a new address is added, a row of the file follows the file until the reader
+(or the operator) changes its preferences, and a row removed from the file leaves the list.
+A suppression (unsubscribed, bounced, complained) always wins. ``iter_recipients`` computes
+the same merge without writing, for dry runs and checks.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
 import re
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
+from newsletter import state
 from newsletter.errors import SubscriberError
 
 try:
@@ -24,7 +35,7 @@ except ImportError:  # a release without these names: every address goes to the 
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("email", "name", "timezone")
+COLUMNS = ("email", "name", "timezone", "frequency", "weekday")  # the last two optional
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,8 @@ class Subscriber:
     email: str  # as validated (normalized by email-validator); dedup key is email.lower()
     name: str = ""
     timezone: str = ""  # IANA zone or "" for the newsletter's zone
+    frequency: str = "daily"  # "daily" | "weekly"
+    weekday: str = "monday"  # a weekly reader's day, "monday" ... "sunday"
 
     @property
     def key(self) -> str:
@@ -181,15 +194,15 @@ def _row(row: list[str], index: dict[str, int], width: int, path: Path, line: in
     if zone and not valid_zone(zone):
         problem(f"unknown time zone {zone!r} for {email}")
         return None
-    return Subscriber(email, " ".join(cells.get("name", "").split()), zone)
-
-
-def web_subscribers(conn: sqlite3.Connection | None) -> Iterator[Subscriber]:
-    """Stream the subscribers confirmed on the web."""
-    if conn is None:
-        return
-    for row in conn.execute("SELECT email, name, timezone FROM web_subscribers ORDER BY confirmed_at, email"):
-        yield Subscriber(row[0], row[1], row[2])
+    frequency = cells.get("frequency", "").lower() or "daily"
+    weekday = cells.get("weekday", "").lower() or "monday"
+    if frequency not in state.FREQUENCIES:
+        problem(f"frequency {cells['frequency']!r} for {email} is not daily or weekly")
+        return None
+    if weekday not in state.WEEKDAYS:
+        problem(f"weekday {cells['weekday']!r} for {email} is not monday ... sunday")
+        return None
+    return Subscriber(email, " ".join(cells.get("name", "").split()), zone, frequency, weekday)
 
 
 class DiskSet:
@@ -207,31 +220,260 @@ class DiskSet:
         self._db.close()
 
 
-def iter_recipients(csv_path: Path, conn: sqlite3.Connection | None, tally: Tally) -> Iterator[Subscriber]:
-    """Stream everyone to mail: the CSV, then web sign-ups; duplicates once, suppressed never."""
+def iter_recipients(
+    csv_path: Path, conn: sqlite3.Connection | None, tally: Tally, frequency: str | None = "daily"
+) -> Iterator[Subscriber]:
+    """Stream everyone to mail (of one frequency, or all): the list as the next CSV sync makes it, suppressed never.
+
+    Reads and never writes, so a dry run or a check sees what a send will do: the CSV's rows
+    first (with the list's values where the list rules the row), then the rest of the list.
+    """
     suppressed = _suppressed(conn)
     seen = DiskSet()
     try:
-        yield from _unique(chain(read_csv(csv_path, tally), web_subscribers(conn)), seen, suppressed, tally)
+        merged = chain(_csv_merged(read_csv(csv_path, tally), conn), _rest_of_list(conn))
+        for subscriber, duplicate_counts in merged:
+            if not seen.add(subscriber.key):
+                tally.duplicates += duplicate_counts
+                continue
+            if subscriber.key in suppressed:
+                tally.suppressed += 1
+                continue
+            if frequency is None or subscriber.frequency == frequency:
+                yield subscriber
     finally:
         seen.close()
 
 
-def _unique(
-    subscribers: Iterable[Subscriber], seen: DiskSet, suppressed: frozenset[str], tally: Tally
-) -> Iterator[Subscriber]:
-    for subscriber in subscribers:
-        key = subscriber.key
-        if not seen.add(key):
-            tally.duplicates += 1
-            continue
-        if key in suppressed:
-            tally.suppressed += 1
-            continue
-        yield subscriber
+def _csv_merged(rows: Iterable[Subscriber], conn: sqlite3.Connection | None) -> Iterator[tuple[Subscriber, int]]:
+    """The CSV's rows, each replaced by the list's row where the list rules it (web, CLI, import, or edited)."""
+    for chunk in _chunks(rows, 500):
+        found = state.subscriber_rows_for(conn, sorted({s.key for s in chunk})) if conn else {}
+        for subscriber in chunk:
+            row = found.get(subscriber.key)
+            ruled_by_file = row is None or (row["source"] == "csv" and not row["edited_at"])
+            yield (subscriber if ruled_by_file else subscriber_of(row)), 1
+
+
+def _rest_of_list(conn: sqlite3.Connection | None) -> Iterator[tuple[Subscriber, int]]:
+    """The list's rows that did not come from the CSV (those did, or they leave at the next sync)."""
+    if conn is None:
+        return
+    for row in state.subscriber_rows_not_from_csv(conn):
+        yield subscriber_of(row), 0  # also in the CSV: the same person, not a duplicate row
+
+
+def _chunks(items: Iterable[Subscriber], size: int) -> Iterator[list[Subscriber]]:
+    chunk: list[Subscriber] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def subscriber_of(row: sqlite3.Row) -> Subscriber:
+    """The Subscriber of a list row."""
+    return Subscriber(row["address"], row["name"], row["timezone"], row["frequency"], row["weekday"])
 
 
 def _suppressed(conn: sqlite3.Connection | None) -> frozenset[str]:
     if conn is None:
         return frozenset()
     return frozenset(row[0] for row in conn.execute("SELECT email FROM suppressions"))
+
+
+# The list of record: what the CLI and the web do to it -----------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the list of record, with its status."""
+
+    email: str
+    name: str
+    timezone: str
+    frequency: str
+    weekday: str
+    status: str  # "active" | "unsubscribed" | "bounced" | "complained"
+    source: str  # "csv" | "web" | "cli" | "import"
+    created_at: str
+    public_id: str
+
+    @property
+    def subscriber(self) -> Subscriber:
+        return Subscriber(self.email, self.name, self.timezone, self.frequency, self.weekday)
+
+
+def entry_of(row: sqlite3.Row) -> Entry:
+    """The Entry of a list row."""
+    return Entry(
+        row["address"], row["name"], row["timezone"], row["frequency"], row["weekday"],
+        row["status"], row["source"], row["created_at"], row["public_id"],
+    )  # fmt: skip
+
+
+def entries(conn: sqlite3.Connection, status: str | None = None) -> Iterator[Entry]:
+    """Stream the list, oldest first, optionally of one status."""
+    return (entry_of(row) for row in state.subscriber_rows(conn, status))
+
+
+def find(conn: sqlite3.Connection, address: str) -> Entry | None:
+    """The entry of an address, or None if it is not on the list."""
+    row = state.find_subscriber(conn, address)
+    return entry_of(row) if row else None
+
+
+def preference_problem(name: str, timezone: str, frequency: str = "daily", weekday: str = "monday") -> str:
+    """What is wrong with a set of preferences, in words for the reader; '' when they are fine."""
+    if len(name) > 100 or any(ord(ch) < 32 for ch in name):
+        return "Please give a name of at most 100 characters, or none."
+    if timezone and not valid_zone(timezone):
+        return "Please choose a time zone from the list, such as Europe/Paris."
+    if frequency not in state.FREQUENCIES:
+        return "Please choose daily or weekly."
+    if weekday not in state.WEEKDAYS:
+        return "Please choose a day of the week for the weekly digest."
+    return ""
+
+
+def _address(address: str) -> str:
+    try:
+        return check_address(address.strip())
+    except ValueError as exc:
+        raise SubscriberError(f"{address!r} is not a valid email address: {exc}") from None
+
+
+def add(
+    conn: sqlite3.Connection,
+    address: str,
+    *,
+    name: str = "",
+    timezone: str = "",
+    frequency: str = "daily",
+    weekday: str = "monday",
+    source: str = "cli",
+) -> Entry:
+    """Add an address to the list; an address already there is an error (a suppression stays in force)."""
+    email = _address(address)
+    name = " ".join(name.split())
+    problem = preference_problem(name, timezone, frequency, weekday)
+    if problem:
+        raise SubscriberError(f"{email}: {problem}")
+    with state.transaction(conn):
+        added = state.add_subscriber(
+            conn, email, name=name, timezone=timezone, frequency=frequency, weekday=weekday, source=source
+        )
+        entry = find(conn, email)
+    assert entry is not None
+    if not added:
+        raise SubscriberError(f"{email} is already on the list ({entry.status}, from {entry.source})")
+    return entry
+
+
+def remove(conn: sqlite3.Connection, address: str, how: str = "operator") -> bool:
+    """Unsubscribe an address (kept on record, suppressed); False if it was suppressed already."""
+    email = _address(address)
+    with state.transaction(conn):
+        if state.suppression_of(conn, email) is not None:
+            return False
+        state.suppress(conn, email, "unsubscribed", how)
+    return True
+
+
+def resubscribe(conn: sqlite3.Connection, address: str, *, force: bool = False) -> str:
+    """Lift an unsubscribe (a bounce or complaint only with force); return the reason lifted, '' if none held."""
+    email = _address(address)
+    with state.transaction(conn):
+        held = state.suppression_of(conn, email)
+        if held is None:
+            if find(conn, email) is None:
+                raise SubscriberError(f"{email} is not on the list (add it with 'newsletter subscribers add')")
+            return ""
+        if held["reason"] != "unsubscribed" and not force:
+            raise SubscriberError(
+                f"{email} is suppressed as {held['reason']} ({held['detail'] or 'no detail'}); "
+                "resubscribe it with --force only if you know the address works again"
+            )
+        state.lift_suppression(conn, email)
+    return str(held["reason"])
+
+
+def lift(conn: sqlite3.Connection, address: str) -> str:
+    """Remove an address from the suppression list, whatever the reason; return that reason."""
+    email = address.strip().lower()
+    with state.transaction(conn):
+        held = state.suppression_of(conn, email)
+        if held is None:
+            raise SubscriberError(f"{email} is not on the suppression list")
+        state.lift_suppression(conn, email)
+    return str(held["reason"])
+
+
+@dataclass
+class ImportResult:
+    """What an import did: addresses added and addresses already on the list (left as they are)."""
+
+    added: int = 0
+    unchanged: int = 0
+
+
+def import_csv(path: Path, conn: sqlite3.Connection, tally: Tally, *, source: str = "import") -> ImportResult:
+    """Add every valid row of a CSV file that is not on the list yet; bad rows go to ``tally``. Idempotent."""
+    result = ImportResult()
+    seen = DiskSet()
+    try:
+        for chunk in _chunks(read_csv(path, tally), 1000):
+            with state.transaction(conn):
+                for s in chunk:
+                    if not seen.add(s.key):
+                        tally.duplicates += 1
+                    elif state.add_subscriber(
+                        conn, s.email, name=s.name, timezone=s.timezone, frequency=s.frequency,
+                        weekday=s.weekday, source=source,
+                    ):  # fmt: skip
+                        result.added += 1
+                    else:
+                        result.unchanged += 1
+    finally:
+        seen.close()
+    return result
+
+
+def file_signature(path: Path) -> str:
+    """Size and modification time of a file: a change of either means it must be read again."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise SubscriberError(
+            f"{path}: cannot read the subscriber list: {exc.strerror} (check paths.subscribers)"
+        ) from None
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def sync_csv(csv_path: Path, conn: sqlite3.Connection, tally: Tally) -> bool:
+    """Sync the CSV file into the list (rows with source 'csv'); False if the file is unchanged since the last sync.
+
+    New addresses are added; a row of the file follows the file until someone edits it; a
+    row no longer in the file (or no longer valid) leaves the list. Suppressions are kept.
+    """
+    key, signature = str(csv_path.resolve()), file_signature(csv_path)
+    if state.csv_signature(conn, key) == signature:
+        return False
+    stamp = secrets.token_hex(8)
+    seen = DiskSet()
+    try:
+        for chunk in _chunks(read_csv(csv_path, tally), 2000):
+            fresh = [(s.email, s.name, s.timezone, s.frequency, s.weekday) for s in chunk if seen.add(s.key)]
+            tally.duplicates += len(chunk) - len(fresh)
+            with state.transaction(conn):
+                state.upsert_csv_rows(conn, fresh, stamp)
+    finally:
+        seen.close()
+    with state.transaction(conn):
+        dropped = state.finish_csv_sync(conn, key, signature, stamp)
+    if dropped:
+        log.info("%s: %d rows no longer in the file left the list", csv_path, dropped)
+    return True

@@ -287,18 +287,10 @@ class WebApp:
                 (token_hash(token), f"legacy:{key}", key),
             ).fetchone()
             if row is not None:
-                conn.execute(
-                    "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(email) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
-                    (key, row[0], row[1], state.utcnow_text()),
-                )
+                state.add_subscriber(conn, key, name=row[0], timezone=row[1], source="web", replace=True)
                 conn.execute("DELETE FROM signup_requests WHERE token_hash = ?", (row[2],))
             else:  # a second click, or a request made before this version: keep what is there
-                conn.execute(
-                    "INSERT INTO web_subscribers (email, name, timezone, confirmed_at) VALUES (?, '', '', ?) "
-                    "ON CONFLICT(email) DO NOTHING",
-                    (key, state.utcnow_text()),
-                )
+                state.add_subscriber(conn, key, source="web")
             conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (key,))
             return conn.execute("SELECT 1 FROM suppressions WHERE email = ?", (key,)).fetchone() is not None
 

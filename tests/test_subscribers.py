@@ -67,16 +67,16 @@ def test_duplicates_are_mailed_once_case_insensitively(tmp_path):
     assert tally.duplicates == 1
 
 
-def test_suppression_always_wins_and_web_subscribers_are_merged(tmp_path):
+def test_suppression_always_wins_and_the_list_rules_its_own_rows(tmp_path):
     path = write_csv(tmp_path / "s.csv", "email,name,timezone\nada@example.com,Ada,\nbob@example.com,Bob,\n")
     conn = state.connect(tmp_path / "var")
     state.suppress(conn, "BOB@example.com", "unsubscribed")
-    conn.execute("INSERT INTO web_subscribers VALUES ('web@example.net', 'Web', 'Asia/Tokyo', '2026-01-01')")
-    conn.execute("INSERT INTO web_subscribers VALUES ('ada@example.com', 'Ada Web', '', '2026-01-01')")
+    state.add_subscriber(conn, "web@example.net", name="Web", timezone="Asia/Tokyo", source="web")
+    state.add_subscriber(conn, "ada@example.com", name="Ada Web", source="web")
     tally = Tally()
     found = [(s.email, s.name, s.timezone) for s in iter_recipients(path, conn, tally)]
-    assert found == [("ada@example.com", "Ada", ""), ("web@example.net", "Web", "Asia/Tokyo")]
-    assert (tally.suppressed, tally.duplicates) == (1, 1)
+    assert found == [("ada@example.com", "Ada Web", ""), ("web@example.net", "Web", "Asia/Tokyo")]
+    assert (tally.suppressed, tally.duplicates) == (1, 0)  # Ada in the file and on the list is one person
 
 
 def test_the_shipped_example_list_is_valid_and_uses_reserved_domains():

@@ -125,12 +125,12 @@ def test_double_opt_in_from_form_to_first_newsletter(site, smtp_server):
     )
     assert response.status_code == 200 and "Check your inbox" in response.text
     conn = state.connect(settings.paths.state)
-    assert conn.execute("SELECT COUNT(*) FROM web_subscribers").fetchone()[0] == 0  # not before confirming
+    assert conn.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0  # not before confirming
     (confirmation,) = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == ["new@example.org"]]
     link = re.search(r"(http://127\.0\.0\.1:\d+/confirm\?token=\S+)", confirmation.get_content()).group(1)
     confirmed = client.get(link)
     assert confirmed.status_code == 200 and "You are subscribed" in confirmed.text
-    row = conn.execute("SELECT email, name, timezone FROM web_subscribers").fetchone()
+    row = conn.execute("SELECT email, name, timezone FROM subscribers").fetchone()
     assert tuple(row) == ("new@example.org", "New Reader", "Europe/Paris")
     smtp_server.handler.messages.clear()
     send_day(settings, date(2026, 6, 24))
@@ -144,7 +144,7 @@ def test_an_expired_confirmation_link_is_refused(site):
     )
     response = client.get(f"/confirm?token={expired}")
     assert response.status_code == 400 and "expired" in response.text
-    assert state.connect(settings.paths.state).execute("SELECT COUNT(*) FROM web_subscribers").fetchone()[0] == 0
+    assert state.connect(settings.paths.state).execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0
 
 
 def test_an_unsubscribe_token_cannot_confirm_a_signup(site):
@@ -204,7 +204,7 @@ def confirmation_links(smtp_server, address):
 def web_subscriber(settings, address):
     row = (
         state.connect(settings.paths.state)
-        .execute("SELECT name, timezone FROM web_subscribers WHERE email = ?", (address,))
+        .execute("SELECT name, timezone FROM subscribers WHERE email = ?", (address,))
         .fetchone()
     )
     return tuple(row) if row else None
