@@ -29,7 +29,7 @@ from newsletter.mail.wire import wire_data
 from newsletter.render import RenderedEdition, render_edition
 from newsletter.selection import Edition, select_edition
 from newsletter.sending.engine import SendResult, send_edition
-from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients
+from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients, sync_csv
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def send_day(
             rendered = render_edition(edition_for(day, settings, conn), settings, now=now)
             result = SendResult(day)
             if not retry_failed:
+                sync_csv(settings.paths.subscribers, conn, Tally())  # its bad rows are reported just below
                 tally = Tally()
                 recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
                 result.planned = ledger.plan(

@@ -223,3 +223,20 @@ def test_status_counts_subscribers_by_status_and_frequency(run, tmp_path):
     assert table["active"] == ["2", "1", "3"]  # the two CSV rows and one weekly reader
     assert table["unsubscribed"] == ["0", "1", "1"]
     assert table["bounced"] == ["0", "0", "0"] and table["complained"] == ["0", "0", "0"]
+
+
+def test_a_send_syncs_the_csv_file_into_the_list(
+    settings, tmp_path, csv_file, smtp_server, make_settings, event_folder
+):
+    from datetime import date
+
+    from newsletter.editions import send_day
+
+    toml = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+    settings = make_settings(
+        toml, events=event_folder, state=tmp_path / "var", public=tmp_path / "p", subscribers=csv_file
+    )
+    result = send_day(settings, date(2026, 6, 24))
+    assert result.delivered == 2
+    conn = state.connect(tmp_path / "var")
+    assert state.find_subscriber(conn, "ada@example.com")["source"] == "csv"
