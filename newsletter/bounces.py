@@ -99,9 +99,10 @@ def _recipient(
         return BounceReport(path, "ignored", "", "no recipient and no known Message-ID")
     diagnostic = " ".join(str(group.get("Diagnostic-Code", "")).split()) or status
     if action == "failed" and status.startswith("5"):
-        state.suppress(conn, address, "bounced", diagnostic)
         if row:
-            ledger.mark_bounced(row[0], address, diagnostic)
+            ledger.bounce(row[0], address, diagnostic)  # the row and the suppression in one transaction
+        else:
+            state.suppress(conn, address, "bounced", diagnostic)
         return BounceReport(path, "suppressed", address, f"permanent failure {status}")
     if action in ("delivered", "relayed", "expanded"):
         return BounceReport(path, "ignored", address, f"{action} {status}: not a failure")

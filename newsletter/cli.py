@@ -72,7 +72,9 @@ class NewsletterGroup(click.Group):
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
 
 
 @click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -543,6 +545,8 @@ def subscribers_check(ctx: Context) -> None:
             conn.close()
     for problem in tally.problems:
         click.echo(str(problem))
+    for note in tally.notes:
+        click.echo(str(note))
     click.echo(f"{settings.paths.subscribers}: {tally.rows} rows, {tally.invalid} bad")
     daily, weekly = found.count("daily"), found.count("weekly")
     click.echo(f"list: {len(found)} to mail ({daily} daily, {weekly} weekly); {tally.skipped_summary()}")
@@ -613,7 +617,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except NewsletterError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -76,7 +76,10 @@ class SmtpSettings:
     rate_limit: float = 0.0  # messages per second, 0 = unlimited
     max_per_hour: int = 0  # messages per hour, 0 = unlimited
     max_attempts: int = 5  # tries for a temporary failure before it stays "failed"
-    retry_delay: float = 1.0  # first backoff in seconds, doubled on every retry
+    retry_delay: float = 1.0  # first backoff in seconds, doubled on every retry, with +-50% jitter
+    retry_window: float = (
+        60.0  # seconds a run keeps retrying a refused recipient; then it stays failed for the daily job
+    )
     ca_file: Path | None = None  # PEM bundle to trust for TLS instead of the system's (private relays)
 
 
@@ -291,9 +294,15 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"{where}: 'smtp.port' must be between 1 and 65535")
     if smtp.connections < 1 or smtp.max_attempts < 1:
         raise ConfigError(f"{where}: 'smtp.connections' and 'smtp.max_attempts' must be at least 1")
-    if smtp.rate_limit < 0 or smtp.max_per_hour < 0 or smtp.timeout <= 0 or smtp.retry_delay < 0:
+    if (
+        smtp.rate_limit < 0
+        or smtp.max_per_hour < 0
+        or smtp.timeout <= 0
+        or smtp.retry_delay < 0
+        or smtp.retry_window < 0
+    ):
         raise ConfigError(
-            f"{where}: 'smtp.rate_limit', 'smtp.max_per_hour', 'smtp.timeout' and 'smtp.retry_delay' must be positive or 0"
+            f"{where}: 'smtp.rate_limit', 'smtp.max_per_hour', 'smtp.timeout', 'smtp.retry_delay' and 'smtp.retry_window' must be positive or 0"
         )
     if not 0 < settings.web.port < 65536:
         raise ConfigError(f"{where}: 'web.port' must be between 1 and 65535")

@@ -119,7 +119,7 @@ def send_day(
             counts = ledger.counts(day)
             progress.start(counts["failed"] if retry_failed else counts["pending"] + counts["failed"])
             try:
-                return send_edition(
+                result = send_edition(
                     settings,
                     rendered,
                     ledger,
@@ -130,6 +130,11 @@ def send_day(
                 )
             finally:
                 progress.close()
+            if not (retry_failed or result.interrupted) and (left := ledger.unsent(day)):
+                raise DeliveryError(
+                    f"{left} recipients of {day.isoformat()} are still pending after the run; re-run send"
+                )
+            return result
     finally:
         conn.close()
 

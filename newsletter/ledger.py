@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
-from newsletter.state import transaction, utcnow_text
+from newsletter.state import db_file, suppress, transaction, utcnow_text
 from newsletter.subscribers import Subscriber
 
 STATUSES = ("pending", "delivered", "failed", "bounced", "skipped")
@@ -44,7 +44,43 @@ class Ledger(Protocol):
     def mark_delivered(self, day: date, email: str, reply: str) -> None: ...
     def mark_retry(self, day: date, email: str, reply: str) -> None: ...
     def mark_failed(self, day: date, email: str, reply: str) -> None: ...
+    def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None:
+        """Record several acceptances (address, reply) in one transaction."""
+        if not accepted:
+            return
+        now, when = utcnow_text(), day.isoformat()
+        rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
+        with self._lock, transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
+                rows,
+            )
+
+    def bounce(self, day: date, email: str, reply: str) -> None:
+        """Record a permanent rejection and suppress the address, in one transaction."""
+        with self._lock, transaction(self.conn):
+            self._write(day, email, "bounced", reply)
+            suppress(self.conn, email, "bounced", reply)
+
+    def mark_unsendable(self, day: date, email: str, reason: str) -> None:
+        """Record an address this server cannot take (never sent, not suppressed): final, with the reason."""
+        with self._lock:
+            self.conn.execute(
+                "UPDATE deliveries SET status = 'skipped', last_reply = ?, updated_at = ? WHERE day = ? AND email = ?",
+                (reason[:500], utcnow_text(), day.isoformat(), email.lower()),
+            )
+
     def mark_bounced(self, day: date, email: str, reply: str) -> None: ...
+    def unsent(self, day: date) -> int:
+        """Count the rows still pending (suppressed addresses aside, which are never sent)."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT COUNT(*) FROM deliveries d WHERE day = ? AND status = 'pending' "
+                "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email)",
+                (day.isoformat(),),
+            ).fetchone()
+        return int(row[0])
+
     def counts(self, day: date) -> dict[str, int]: ...
     def editions(self) -> list[tuple[date, dict[str, int]]]: ...
 
@@ -55,6 +91,11 @@ class SQLiteLedger:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        """The database file, for messages."""
+        return db_file(self.conn)
 
     def plan(
         self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str], batch: int = 2000
@@ -123,10 +164,13 @@ class SQLiteLedger:
 
     def _update(self, day: date, email: str, status: str, reply: str) -> None:
         with self._lock:
-            self.conn.execute(
-                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
-                (status, reply[:500], utcnow_text(), day.isoformat(), email.lower()),
-            )
+            self._write(day, email, status, reply)
+
+    def _write(self, day: date, email: str, status: str, reply: str) -> None:
+        self.conn.execute(
+            "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
+            (status, reply[:500], utcnow_text(), day.isoformat(), email.lower()),
+        )
 
     def mark_delivered(self, day: date, email: str, reply: str) -> None:
         """Record that the server accepted the message (250): final."""
@@ -140,9 +184,45 @@ class SQLiteLedger:
         """Record a temporary failure that exhausted its attempts (send --retry-failed tries again)."""
         self._update(day, email, "failed", reply)
 
+    def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None:
+        """Record several acceptances (address, reply) in one transaction."""
+        if not accepted:
+            return
+        now, when = utcnow_text(), day.isoformat()
+        rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
+        with self._lock, transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
+                rows,
+            )
+
+    def bounce(self, day: date, email: str, reply: str) -> None:
+        """Record a permanent rejection and suppress the address, in one transaction."""
+        with self._lock, transaction(self.conn):
+            self._write(day, email, "bounced", reply)
+            suppress(self.conn, email, "bounced", reply)
+
+    def mark_unsendable(self, day: date, email: str, reason: str) -> None:
+        """Record an address this server cannot take (never sent, not suppressed): final, with the reason."""
+        with self._lock:
+            self.conn.execute(
+                "UPDATE deliveries SET status = 'skipped', last_reply = ?, updated_at = ? WHERE day = ? AND email = ?",
+                (reason[:500], utcnow_text(), day.isoformat(), email.lower()),
+            )
+
     def mark_bounced(self, day: date, email: str, reply: str) -> None:
         """Record a permanent rejection (5xx): final, never retried."""
         self._update(day, email, "bounced", reply)
+
+    def unsent(self, day: date) -> int:
+        """Count the rows still pending (suppressed addresses aside, which are never sent)."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT COUNT(*) FROM deliveries d WHERE day = ? AND status = 'pending' "
+                "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email)",
+                (day.isoformat(),),
+            ).fetchone()
+        return int(row[0])
 
     def counts(self, day: date) -> dict[str, int]:
         """Count the edition's rows per status."""

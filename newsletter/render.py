@@ -32,6 +32,7 @@ from newsletter import signing, tokens
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.events import Event
+from newsletter.mail.address import header_address, wire_address
 from newsletter.selection import Edition
 from newsletter.subscribers import Subscriber
 
@@ -163,7 +164,7 @@ class RenderedEdition:
         name = clean_line(subscriber.name) if subscriber.name else ""
         url = self.unsubscribe_base + tokens.make_token(self.secret, subscriber.email, self.list_id)
         return {
-            b"TO": formataddr((name, subscriber.email), charset="utf-8").encode("ascii", "surrogateescape"),
+            b"TO": header_address(name, wire_address(subscriber.email)),
             b"MSGID": (message_id or self.message_id_for(subscriber)).encode("ascii"),
             b"UNSUB": url.encode("ascii"),
             b"UNSUBHTML": escape(url).encode("ascii"),

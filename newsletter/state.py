@@ -140,6 +140,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0041-deliveries-by-day",
+        """
+        -- ordered by (day, rowid): the due query walks an edition's rows by rowid, with no sort
+        CREATE INDEX deliveries_by_day ON deliveries (day);
+        """,
+    ),
 ]
 
 
@@ -149,6 +156,12 @@ def utcnow_text() -> str:
 
 def db_path(state_dir: Path) -> Path:
     return state_dir / DB_NAME
+
+
+def db_file(conn: sqlite3.Connection) -> str:
+    """The file of an open database, for messages."""
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return row[2] if row and row[2] else "the state database"
 
 
 def connect(state_dir: Path) -> sqlite3.Connection:

@@ -68,6 +68,7 @@ class Tally:
     """What reading the list found: problems (skipped rows), duplicates and suppressed addresses."""
 
     problems: list[RowProblem] = field(default_factory=list)
+    notes: list[RowProblem] = field(default_factory=list)  # kept rows worth a warning (addresses that need SMTPUTF8)
     rows: int = 0
     duplicates: int = 0
     suppressed: int = 0
@@ -115,7 +116,7 @@ def _checked_domain(domain: str) -> tuple[str, str] | None:
 
 def _validate(address: str) -> ValidatedEmail:
     try:
-        return validate_email(address, check_deliverability=False, allow_smtputf8=False)
+        return validate_email(address, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
 
@@ -190,6 +191,9 @@ def _row(row: list[str], index: dict[str, int], width: int, path: Path, line: in
     except ValueError as exc:
         problem(f"invalid email {cells['email']!r}: {exc}")
         return None
+    if not email.rpartition("@")[0].isascii():
+        tally.notes.append(RowProblem(path, line, f"warning: {email} has a non-ASCII local part: it can be sent only "
+                                      "if the SMTP server offers SMTPUTF8, else it is recorded as not sendable"))  # fmt: skip
     zone = cells.get("timezone", "")
     if zone and not valid_zone(zone):
         problem(f"unknown time zone {zone!r} for {email}")

@@ -1,8 +1,9 @@
 """The SMTP transport: connections (TLS, AUTH), reused for many messages, and one transaction per message.
 
-A refusal is classified once, here: ``Permanent`` (5xx for this recipient), ``Temporary``
-(4xx, a dropped connection, a timeout) or ``Abort`` (nothing can be sent: authentication,
-TLS, a refused sender).
+A refusal is classified once, here: ``Permanent`` (5xx for this recipient), ``Unsendable``
+(an address this server cannot take, never tried), ``Temporary`` (any other 4xx: the
+session goes on after RSET), ``Dropped`` (the connection is gone: a 421, a reset, a
+timeout) or ``Abort`` (nothing can be sent: authentication, TLS, a refused sender).
 """
 
 from __future__ import annotations
@@ -10,40 +11,69 @@ from __future__ import annotations
 import smtplib
 import ssl
 from collections.abc import Callable
-from contextlib import suppress
+from functools import lru_cache
+from pathlib import Path
 
 from newsletter.config import Settings
+from newsletter.mail.address import wire_address
+
+OPEN_TIMEOUT = 20.0  # seconds at most for connecting, the greeting, TLS and AUTH, whatever smtp.timeout says
 
 
 class Abort(Exception):
-    """A problem that stops the whole run (authentication, connection impossible)."""
+    """A problem that stops the whole run (authentication, TLS, a refused sender)."""
 
 
 class Temporary(Exception):
     """A failure worth retrying: 4xx replies, dropped connections, timeouts."""
 
 
+class Dropped(Temporary):
+    """The connection is gone (reset, timeout, 421): reopen it before the next message."""
+
+
+class CannotConnect(Temporary):
+    """A connection could not be opened (refused, 421 at the greeting, timeout); no recipient was tried."""
+
+
 class Permanent(Exception):
     """A 5xx reply for this recipient: bounce, never retry."""
 
 
+class Unsendable(Permanent):
+    """An address this server cannot take (a non-ASCII local part without SMTPUTF8): never sent, not a bounce."""
+
+
+@lru_cache(maxsize=8)
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The TLS context of a run, built once (it costs tens of milliseconds of CPU)."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
 def open_smtp(settings: Settings) -> smtplib.SMTP:
-    """Connect (and STARTTLS / TLS, and AUTH) as the [smtp] settings say."""
+    """Connect (and STARTTLS / TLS, and AUTH) as the [smtp] settings say.
+
+    Opening waits at most OPEN_TIMEOUT seconds for each reply; the session then uses smtp.timeout.
+    """
     smtp = settings.smtp
-    context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
+    wait = min(smtp.timeout, OPEN_TIMEOUT)
     try:
         if smtp.security == "tls":
-            server: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
+            server: smtplib.SMTP = smtplib.SMTP_SSL(
+                smtp.host, smtp.port, timeout=wait, context=tls_context(smtp.ca_file)
+            )
         else:
-            server = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
+            server = smtplib.SMTP(smtp.host, smtp.port, timeout=wait)
             server.ehlo()
             if smtp.security == "starttls":
-                server.starttls(context=context)
+                server.starttls(context=tls_context(smtp.ca_file))
                 server.ehlo()
         if smtp.username:
             if not settings.smtp_password:
                 raise Abort("smtp.username is set but NEWSLETTER_SMTP_PASSWORD is not")
             server.login(smtp.username, settings.smtp_password)
+        if server.sock is not None:
+            server.sock.settimeout(smtp.timeout)
     except smtplib.SMTPAuthenticationError as exc:
         raise Abort(
             f"SMTP authentication failed for {smtp.username!r}: {exc.smtp_code} {_text(exc.smtp_error)}"
@@ -54,8 +84,16 @@ def open_smtp(settings: Settings) -> smtplib.SMTP:
         raise Abort(
             f"TLS with {smtp.host}:{smtp.port} failed: {exc.reason or exc} (check smtp.security and smtp.ca_file)"
         ) from None
+    except smtplib.SMTPResponseException as exc:
+        raise CannotConnect(
+            f"cannot connect to {smtp.host}:{smtp.port}: {exc.smtp_code} {_text(exc.smtp_error)}"
+        ) from None
+    except (TimeoutError, smtplib.SMTPServerDisconnected) as exc:
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+            raise CannotConnect(f"cannot connect to {smtp.host}:{smtp.port}: no answer within {wait:g} s") from None
+        raise CannotConnect(f"cannot connect to {smtp.host}:{smtp.port}: {exc}") from None
     except (OSError, smtplib.SMTPException) as exc:
-        raise Temporary(f"cannot connect to {smtp.host}:{smtp.port}: {exc}") from None
+        raise CannotConnect(f"cannot connect to {smtp.host}:{smtp.port}: {exc or type(exc).__name__}") from None
     return server
 
 
@@ -71,20 +109,38 @@ class Connection:
         self.before_data = before_data
         self.server: smtplib.SMTP | None = None
 
-    def send(self, sender: str, recipient: str, wire: bytes) -> str:
-        """Send one message, given as ``wire_data`` makes it."""
-        if self.server is None:
+    @property
+    def is_open(self) -> bool:
+        return self.server is not None and self.server.sock is not None
+
+    def open(self) -> None:
+        """Open the connection if it is not; raise CannotConnect or Abort."""
+        if not self.is_open:
+            self.close()
             self.server = open_smtp(self.settings)
+
+    def send(self, sender: str, recipient: str, wire: bytes) -> str:
+        """Send one message, given as ``wire_data`` makes it; a refusal keeps the session (RSET).
+
+        The recipient's domain goes in A-labels; one without an IDNA form is ``Unsendable``.
+        """
+        try:
+            recipient = wire_address(recipient)
+        except ValueError as exc:
+            raise Unsendable(f"not sent: {exc}") from None
+        self.open()
+        assert self.server is not None
         try:
             return transaction(self.server, sender, recipient, wire, self.before_data)
-        except Temporary:
+        except Dropped:
             self.close()
             raise
 
     def close(self) -> None:
         if self.server is not None:
             try:
-                self.server.quit()
+                if self.server.sock is not None:
+                    self.server.quit()
             except (OSError, smtplib.SMTPException):
                 self.server.close()
             self.server = None
@@ -99,21 +155,29 @@ def transaction(
     message costs two round trips instead of four. ``wire`` is the message already dot-stuffed
     and terminated (``wire_data``, ``Wire``): smtplib's per-message regex is not run.
     ``before_data`` runs before the content is sent, while the server answers the envelope
-    (it records the previous acceptance: ``_Pending``).
+    (it records the previous acceptance). An address with a non-ASCII local part goes with
+    SMTPUTF8 (RFC 6531) when the server offers it, and is ``Unsendable`` otherwise.
     """
     options = " BODY=8BITMIME" if server.has_extn("8bitmime") else ""
-    # both addresses were validated (config, CSV, web form): plain ASCII, no quoting needed
-    commands = (f"MAIL FROM:<{sender}>{options}", f"RCPT TO:<{recipient}>", "DATA")
+    if not (recipient.isascii() and sender.isascii()):
+        if not server.has_extn("smtputf8"):
+            raise Unsendable(
+                f"not sent: {recipient} has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531); "
+                f"the server {server._host} does not offer it"
+            )
+        options += " SMTPUTF8"
+    # both addresses were validated (config, CSV, web form), domains in A-labels: no quoting needed
+    commands = [f"MAIL FROM:<{sender}>{options}\r\n", f"RCPT TO:<{recipient}>\r\n", "DATA\r\n"]
     try:
         if server.has_extn("pipelining"):
-            server.send("".join(f"{command}\r\n" for command in commands))
+            server.send("".join(commands).encode("utf-8"))
             _before_data(server, before_data)  # runs while the server answers
             replies = [server.getreply() for _ in commands]
         else:
             _before_data(server, before_data)
             replies = []
             for command in commands:
-                server.putcmd(command)
+                server.send(command.encode("utf-8"))
                 replies.append(server.getreply())
                 if replies[-1][0] not in (250, 251):
                     break
@@ -121,12 +185,12 @@ def transaction(
         server.send(wire)
         code, reply = server.getreply()
         if code != 250:
-            _reset(server)
+            _reset(server, code)
             raise _refused(code, reply)
     except smtplib.SMTPResponseException as exc:
         raise _refused(exc.smtp_code, exc.smtp_error) from None
     except (OSError, smtplib.SMTPException) as exc:
-        raise Temporary(f"connection lost: {exc or type(exc).__name__}") from None
+        raise Dropped(f"connection lost: {exc or type(exc).__name__}") from None
     return f"{code} {_text(reply)}"
 
 
@@ -135,7 +199,7 @@ def _before_data(server: smtplib.SMTP, before_data: Callable[[], None] | None) -
         return
     try:
         before_data()
-    except Abort:
+    except BaseException:
         server.close()  # mid-transaction: drop the session so the server discards the message
         raise
 
@@ -148,23 +212,34 @@ def _check_envelope(server: smtplib.SMTP, sender: str, replies: list[tuple[int, 
         # a pipelined DATA the server accepted although MAIL or RCPT failed: end it empty
         server.send(b".\r\n")
         server.getreply()
-    _reset(server)
+    worst = next(code for code, _ in replies if code not in (250, 251, 354))
+    _reset(server, worst)
     (mail_code, mail_reply), *rest = replies
     if mail_code != 250:
         if mail_code >= 500:
             raise Abort(
                 f"the server refused the sender {sender}: {mail_code} {_text(mail_reply)} (check sender.address)"
             )
-        raise Temporary(f"{mail_code} {_text(mail_reply)}")
+        raise _refused(mail_code, mail_reply)
     code, reply = rest[0] if rest[0][0] not in (250, 251) else rest[1]
     raise _refused(code, reply)
 
 
 def _refused(code: int, reply: bytes | str) -> Exception:
-    """A refusal of one message: permanent for 5xx, temporary otherwise."""
-    return (Permanent if code >= 500 else Temporary)(f"{code} {_text(reply)}")
+    """A refusal of one message: permanent for 5xx, a dropped connection for 421 or -1, temporary otherwise."""
+    if code >= 500:
+        return Permanent(f"{code} {_text(reply)}")
+    if code in (421, -1):
+        return Dropped(f"{code} {_text(reply)}")
+    return Temporary(f"{code} {_text(reply)}")
 
 
-def _reset(server: smtplib.SMTP) -> None:
-    with suppress(OSError, smtplib.SMTPException):
+def _reset(server: smtplib.SMTP, code: int) -> None:
+    """Keep the session for the next message (RSET); close it when the server said it is closing or RSET fails."""
+    if code in (421, -1):
+        server.close()
+        return
+    try:
         server.rset()
+    except (OSError, smtplib.SMTPException):
+        server.close()

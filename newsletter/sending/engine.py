@@ -1,14 +1,25 @@
 """The sending engine: every due ledger row sent over smtp.connections parallel connections.
 
 Every recipient ends in one of: delivered (the server said 250 to DATA), bounced (a 5xx
-reply: suppressed, never retried), or failed (temporary errors outlasted smtp.max_attempts:
-``send --retry-failed`` tries again). Rows stay 'pending' until one of those is recorded.
+reply: suppressed, never retried), skipped (an address this server cannot take, with the
+reason), or failed (temporary errors outlasted smtp.max_attempts or smtp.retry_window: the
+daily job and ``send --retry-failed`` try again). Rows stay 'pending' until one of those is
+recorded.
+
+No fault blocks a connection: a 4xx keeps the session (RSET) and puts the recipient back in
+the queue with a not-before time, so the connection goes straight on with the next one; a
+dropped connection reopens with its own backoff. When connections cannot be opened for
+``RELAY_PATIENCE`` seconds in a row, the run stops (``RelayDown``) and leaves every row not
+sent pending. An unexpected error in a sending thread stops the run too: it never hangs and
+never ends as if complete.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
-import queue
+import random
 import sqlite3
 import threading
 import time
@@ -16,16 +27,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 
-from newsletter import state
 from newsletter.config import Settings
-from newsletter.errors import DeliveryError
+from newsletter.errors import DeliveryError, RelayDown
 from newsletter.ledger import Due, SQLiteLedger
-from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
+from newsletter.mail.transport import Abort, CannotConnect, Connection, Dropped, Permanent, Temporary, Unsendable
 from newsletter.mail.wire import Wire
 from newsletter.render import RenderedEdition
 from newsletter.sending.throttle import Throttle
 
 log = logging.getLogger(__name__)
+
+RELAY_FAILURES = 3  # failed attempts to open a connection, in a row over all connections, before giving up ...
+RELAY_PATIENCE = 10.0  # ... once they span this many seconds (or smtp.timeout if shorter)
+RECONNECT_CAP = 8.0  # longest wait of one connection before it tries to reopen
 
 
 @dataclass
@@ -35,12 +49,13 @@ class SendResult:
     day: date
     delivered: int = 0
     bounced: int = 0
-    failed: int = 0  # temporary failures left after smtp.max_attempts
-    skipped: int = 0  # invalid rows, duplicates and suppressed addresses
+    failed: int = 0  # temporary failures left after smtp.max_attempts or smtp.retry_window
+    skipped: int = 0  # invalid rows, duplicates, suppressed addresses, and addresses the server cannot take
     planned: int = 0  # recipients newly added to the ledger by this run
     duration: float = 0.0
     interrupted: bool = False
     skipped_detail: str = ""
+    unsendable: int = 0  # of skipped: addresses the server cannot take (e.g. no SMTPUTF8)
 
     @property
     def sent(self) -> int:
@@ -56,7 +71,10 @@ class SendResult:
         return self.failed == 0 and not self.interrupted
 
     def summary(self) -> str:
-        detail = f" ({self.skipped_detail})" if self.skipped_detail else ""
+        parts = [self.skipped_detail] if self.skipped_detail else []
+        if self.unsendable:
+            parts.append(f"{self.unsendable} not sendable: see 'newsletter status'")
+        detail = f" ({', '.join(parts)})" if parts else ""
         note = ", interrupted" if self.interrupted else ""
         return (
             f"{self.day.isoformat()}: delivered {self.delivered}, bounced {self.bounced}, failed {self.failed}, "
@@ -65,19 +83,168 @@ class SendResult:
 
 
 @dataclass
-class _Shared:
+class Work:
+    """One recipient in the queue, with what this run has tried so far."""
+
+    due: Due
+    attempts: int = 0
+    first_failure: float = 0.0
+    taken: bool = False  # handed to a connection and not yet done or put back
+
+
+class WorkQueue:
+    """The due rows, then retries at their not-before time, handed one at a time to whichever connection is free."""
+
+    def __init__(self, rows: Iterator[Due], stop: threading.Event, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rows, self.stop, self.clock = rows, stop, clock
+        self.retries: list[tuple[float, int, Work]] = []
+        self.order = itertools.count()
+        self.in_hand = 0  # items taken and not yet done: they may come back as retries
+        self.exhausted = False
+        self.cond = threading.Condition()
+
+    def take(self) -> Work | None:
+        """The next recipient to send, waiting for a retry's time if need be; None when all is done or on stop."""
+        with self.cond:
+            while not self.stop.is_set():
+                if self.retries and self.retries[0][0] <= self.clock():
+                    return self._hand(heapq.heappop(self.retries)[2])
+                if not self.exhausted:
+                    due = next(self.rows, None)
+                    if due is not None:
+                        return self._hand(Work(due))
+                    self.exhausted = True
+                if not self.retries and self.in_hand == 0:
+                    self.cond.notify_all()
+                    return None
+                wait = self.retries[0][0] - self.clock() if self.retries else 0.25
+                self.cond.wait(min(max(wait, 0.0), 0.25))
+            return None
+
+    def _hand(self, work: Work) -> Work:
+        self.in_hand += 1
+        work.taken = True
+        return work
+
+    def done(self, work: Work) -> None:
+        """The recipient reached an outcome (or stays pending because the run stops); a second call is a no-op."""
+        with self.cond:
+            if work.taken:
+                work.taken = False
+                self.in_hand -= 1
+                self.cond.notify_all()
+
+    def again(self, work: Work, at: float) -> None:
+        """Put the recipient back, to be sent at or after ``at`` (monotonic seconds)."""
+        with self.cond:
+            if work.taken:
+                work.taken = False
+                self.in_hand -= 1
+            heapq.heappush(self.retries, (at, next(self.order), work))
+            self.cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self.cond:
+            return len(self.retries)
+
+
+class Relay:
+    """Whether the server can be reached: failed openings in a row over all connections, and since when."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.patience = min(RELAY_PATIENCE, settings.smtp.timeout)
+        self.clock = clock
+        self.failures = 0
+        self.since: float | None = None
+        self.error = ""
+        self.lock = threading.Lock()
+
+    def opened(self) -> None:
+        with self.lock:
+            self.failures, self.since = 0, None
+
+    def failed(self, started: float, error: str) -> bool:
+        """Count a failed opening that began at ``started``; True when the run should give up."""
+        with self.lock:
+            self.failures += 1
+            self.since = started if self.since is None else min(self.since, started)
+            self.error = error
+            span = self.clock() - self.since
+            return self.failures >= RELAY_FAILURES and span >= self.patience
+
+    def give_up_message(self) -> str:
+        with self.lock:
+            span = self.clock() - (self.since or self.clock())
+            return f"{self.error} ({self.failures} attempts in {span:.0f} s)"
+
+
+class Acceptances:
+    """Acceptances not yet in the ledger, shared by the connections: one transaction records all that are held.
+
+    A connection adds its acceptance and, before the next message's content goes out or it
+    waits for anything, makes sure that acceptance is committed; whichever connection commits
+    first takes every acceptance held (a group commit). So at most one message per
+    connection is ever sent but not yet recorded.
+    """
+
+    def __init__(self, ledger: SQLiteLedger, day: date) -> None:
+        self.ledger, self.day = ledger, day
+        self.held: list[tuple[str, str]] = []
+        self.added = 0
+        self.committed = 0
+        self.hold = threading.Lock()
+        self.commit = threading.Lock()
+
+    def add(self, email: str, reply: str) -> int:
+        """Hold an acceptance; return its ticket for ``ensure``."""
+        with self.hold:
+            self.held.append((email, reply))
+            self.added += 1
+            return self.added
+
+    def ensure(self, ticket: int) -> None:
+        """Return once the acceptance of ``ticket`` is committed; raise Abort if the ledger cannot record it."""
+        if self.committed >= ticket:
+            return
+        with self.commit:
+            if self.committed >= ticket:
+                return
+            with self.hold:
+                batch, self.held, upto = self.held, [], self.added
+            try:
+                self.ledger.mark_delivered_many(self.day, batch)
+            except sqlite3.Error as exc:
+                raise Abort(
+                    f"cannot record deliveries in the ledger {self.ledger.path} ({exc}); "
+                    "the unrecorded ones stay pending (free some space or fix the state folder, then re-run send)"
+                ) from None
+            self.committed = upto
+
+
+@dataclass
+class Run:
     """State shared by the sending threads of one run."""
 
     settings: Settings
     rendered: RenderedEdition
     ledger: SQLiteLedger
+    queue: WorkQueue
+    relay: Relay
     throttle: Throttle
+    accepted: Acceptances
     stop: threading.Event
     progress: Callable[[int], None] | None
     result: SendResult
     wire: Wire
+    clock: Callable[[], float] = time.monotonic
     lock: threading.Lock = field(default_factory=threading.Lock)
     abort: str | None = None
+    relay_down: bool = False
+
+    @property
+    def day(self) -> date:
+        return self.rendered.edition.day
 
     def count(self, outcome: str) -> None:
         with self.lock:
@@ -85,33 +252,16 @@ class _Shared:
         if self.progress:
             self.progress(1)
 
+    def halt(self, reason: str, *, relay: bool = False) -> None:
+        """Stop the run for a reason that concerns every recipient; rows not sent stay pending."""
+        with self.lock:
+            if self.abort is None:
+                self.abort, self.relay_down = reason, relay
+        self.stop.set()
 
-class _Pending:
-    """A sending thread's latest acceptance, recorded in the ledger while the next envelope is on the wire.
-
-    The thread commits it as soon as the next message's MAIL, RCPT and DATA are sent, so the
-    commit overlaps the server's round trip, and in any case before that message's content
-    goes out or the thread waits for anything: at most one message per connection is ever
-    sent but not yet recorded.
-    """
-
-    def __init__(self, ledger: SQLiteLedger, day: date) -> None:
-        self.ledger, self.day = ledger, day
-        self.mark: tuple[str, str] | None = None
-
-    def delivered(self, email: str, reply: str) -> None:
-        self.flush()
-        self.mark = (email, reply)
-
-    def flush(self) -> None:
-        """Commit the acceptance held, if any; raise Abort if the ledger cannot record it."""
-        if self.mark is None:
-            return
-        (email, reply), self.mark = self.mark, None
-        try:
-            self.ledger.mark_delivered(self.day, email, reply)
-        except sqlite3.Error as exc:
-            raise Abort(f"cannot record deliveries in the ledger ({exc}); the unrecorded one stays pending") from None
+    def backoff(self, attempts: int) -> float:
+        """The wait before attempt ``attempts + 1``: smtp.retry_delay doubled per attempt, with +-50% jitter."""
+        return self.settings.smtp.retry_delay * 2 ** (attempts - 1) * random.uniform(0.5, 1.5)
 
 
 def send_edition(
@@ -124,128 +274,155 @@ def send_edition(
     progress: Callable[[int], None] | None = None,
     result: SendResult | None = None,
 ) -> SendResult:
-    """Send the edition to every due ledger row over smtp.connections parallel connections."""
+    """Send the edition to every due ledger row over smtp.connections parallel connections.
+
+    Raise RelayDown (the server cannot be reached, authentication or TLS failed) or
+    DeliveryError (the ledger cannot record, an unexpected error) when the run stops early;
+    every row not sent then stays pending.
+    """
     day = rendered.edition.day
     result = result or SendResult(day)
-    shared = _Shared(
-        settings,
-        rendered,
-        ledger,
+    stop = stop or threading.Event()
+    run = Run(
+        settings, rendered, ledger,
+        WorkQueue(ledger.due(day, only_failed=only_failed), stop),
+        Relay(settings),
         Throttle(settings.smtp.rate_limit, settings.smtp.max_per_hour),
-        stop or threading.Event(),
-        progress,
-        result,
-        Wire(rendered),
-    )
-    work: queue.Queue[list[Due] | None] = queue.Queue(maxsize=settings.smtp.connections * 4)
+        Acceptances(ledger, day),
+        stop, progress, result, Wire(rendered),
+    )  # fmt: skip
     workers = [
-        threading.Thread(target=_worker, args=(shared, work), name=f"smtp-{i}", daemon=True)
+        threading.Thread(target=_worker, args=(run,), name=f"smtp-{i}", daemon=True)
         for i in range(settings.smtp.connections)
     ]
     started = time.perf_counter()
     for worker in workers:
         worker.start()
-    try:
-        _feed(ledger.due(day, only_failed=only_failed), work, shared)
-    finally:
-        for _ in workers:
-            work.put(None)
-        for worker in workers:
-            worker.join()
-        result.duration = time.perf_counter() - started
-    result.interrupted = shared.stop.is_set() and shared.abort is None
-    if shared.abort:
-        raise DeliveryError(
-            f"{shared.abort}; {result.delivered} delivered before it stopped, the rest stay pending (re-run send)"
-        )
+    for worker in workers:
+        worker.join()
+    result.duration = time.perf_counter() - started
+    result.interrupted = stop.is_set() and run.abort is None
+    if run.abort:
+        left = f"{result.delivered} delivered before it stopped, every other recipient stays pending"
+        if run.relay_down:
+            raise RelayDown(f"{run.abort}; {left}: the next run tries again")
+        raise DeliveryError(f"{run.abort}; {left} (re-run send)")
     return result
 
 
-BATCH = 16  # recipients handed to a worker at once: fewer queue hand-offs between threads
-
-
-def _feed(due: Iterator[Due], work: queue.Queue[list[Due] | None], shared: _Shared) -> None:
-    batch: list[Due] = []
-    for item in due:
-        batch.append(item)
-        if len(batch) == BATCH and not _put(work, batch, shared):
-            return
-        batch = [] if len(batch) == BATCH else batch
-    if batch:
-        _put(work, batch, shared)
-
-
-def _put(work: queue.Queue[list[Due] | None], batch: list[Due], shared: _Shared) -> bool:
-    """Hand a batch to the workers; False if asked to stop while waiting for room."""
-    while not shared.stop.is_set():
-        try:
-            work.put(batch, timeout=0.2)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _worker(shared: _Shared, work: queue.Queue[list[Due] | None]) -> None:
-    pending = _Pending(shared.ledger, shared.rendered.edition.day)
-    connection = Connection(shared.settings, before_data=pending.flush)
+def _worker(run: Run) -> None:
+    """One connection's loop: take a recipient, send it, record the outcome; stop the run on any surprise."""
+    connection = Connection(run.settings)
+    ticket = [0]
+    connection.before_data = lambda: run.accepted.ensure(ticket[0])
+    work: Work | None = None
     try:
-        while _flushed(shared, pending) and (batch := work.get()) is not None:
-            for item in batch:
-                if shared.stop.is_set():
-                    break  # what was not sent stays pending
-                _deliver_one(shared, connection, pending, item)
+        while _recorded(run, ticket[0]) and (work := run.queue.take()) is not None:
+            _deliver(run, connection, work, ticket)
+    except Exception as exc:
+        log.debug("sending thread failed", exc_info=True)
+        run.halt(f"unexpected error while sending ({type(exc).__name__}: {exc})")
     finally:
-        _flushed(shared, pending)
+        if work is not None:
+            run.queue.done(work)  # stays pending
+        _recorded(run, ticket[0])
         connection.close()
 
 
-def _flushed(shared: _Shared, pending: _Pending) -> bool:
-    """Record the acceptance held before waiting for anything; False (and stop the run) if that fails."""
+def _recorded(run: Run, ticket: int) -> bool:
+    """Commit this connection's last acceptance before waiting for anything; False (and stop) if that fails."""
     try:
-        pending.flush()
+        run.accepted.ensure(ticket)
     except Abort as exc:
-        shared.abort = shared.abort or str(exc)
-        shared.stop.set()
+        run.halt(str(exc))
         return False
     return True
 
 
-def _deliver_one(shared: _Shared, connection: Connection, pending: _Pending, item: Due) -> None:
-    """Send one message with retries; record the outcome in the ledger."""
-    settings, day = shared.settings, shared.rendered.edition.day
-    subscriber = item.subscriber
-    data = shared.wire.data_for(subscriber, item.message_id)
-    delay = settings.smtp.retry_delay
-    for attempt in range(1, settings.smtp.max_attempts + 1):
-        if shared.throttle.limited and not _flushed(shared, pending):
-            return
-        if not shared.throttle.wait(shared.stop):
-            return
-        try:
-            reply = connection.send(settings.sender.address, subscriber.email, data)
-        except Permanent as exc:
-            shared.ledger.mark_bounced(day, subscriber.email, str(exc))
-            state.suppress(shared.ledger.conn, subscriber.email, "bounced", str(exc))
-            log.info("bounced %s: %s", subscriber.email, exc)
-            shared.count("bounced")
-            return
-        except Abort as exc:
-            shared.abort = str(exc)
-            shared.stop.set()
-            return
-        except Temporary as exc:
-            if attempt == settings.smtp.max_attempts:
-                shared.ledger.mark_failed(day, subscriber.email, str(exc))
-                log.warning("failed %s after %d attempts: %s", subscriber.email, attempt, exc)
-                shared.count("failed")
-                return
-            shared.ledger.mark_retry(day, subscriber.email, str(exc))
-            log.debug("retrying %s in %.1f s: %s", subscriber.email, delay, exc)
-            if not _flushed(shared, pending) or shared.stop.wait(delay):
-                return
-            delay *= 2
-            continue
-        pending.delivered(subscriber.email, reply)
-        shared.count("delivered")
+def _deliver(run: Run, connection: Connection, work: Work, ticket: list[int]) -> None:
+    """Try one recipient once; record the outcome, or put it back in the queue with a not-before time."""
+    subscriber = work.due.subscriber
+    if (run.throttle.limited and not _recorded(run, ticket[0])) or not run.throttle.wait(run.stop):
+        run.queue.done(work)  # asked to stop: stays pending
         return
+    if not _open(run, connection, work):
+        return
+    try:
+        data = run.wire.data_for(subscriber, work.due.message_id)
+        reply = connection.send(run.settings.sender.address, subscriber.email, data)
+    except ValueError as exc:  # no IDNA form for the To: header
+        _unsendable(run, work, Unsendable(f"not sent: {exc}"))
+    except Unsendable as exc:
+        _unsendable(run, work, exc)
+    except Permanent as exc:
+        run.ledger.bounce(run.day, subscriber.email, str(exc))
+        log.info("bounced %s: %s", subscriber.email, exc)
+        run.queue.done(work)
+        run.count("bounced")
+    except Abort as exc:
+        run.queue.done(work)
+        run.halt(str(exc), relay=True)
+    except Temporary as exc:
+        _temporary(run, work, exc)
+        if isinstance(exc, Dropped):
+            run.stop.wait(min(run.backoff(1), RECONNECT_CAP))  # the connection's own backoff before reopening
+    else:
+        ticket[0] = run.accepted.add(subscriber.email, reply)
+        run.queue.done(work)
+        run.count("delivered")
+
+
+def _open(run: Run, connection: Connection, work: Work) -> bool:
+    """Make sure the connection is open; on failure put the recipient back untouched and back off."""
+    if connection.is_open:
+        return True
+    failures = 0
+    while not run.stop.is_set():
+        started = run.clock()
+        try:
+            connection.open()
+        except CannotConnect as exc:
+            failures += 1
+            log.debug("%s", exc)
+            if run.relay.failed(started, str(exc)):
+                run.queue.done(work)
+                run.halt(run.relay.give_up_message(), relay=True)
+                return False
+            run.stop.wait(min(run.backoff(failures), RECONNECT_CAP))
+            continue
+        except Abort as exc:
+            run.queue.done(work)
+            run.halt(str(exc), relay=True)
+            return False
+        run.relay.opened()
+        return True
+    run.queue.done(work)
+    return False
+
+
+def _temporary(run: Run, work: Work, exc: Temporary) -> None:
+    """Retry later within smtp.max_attempts and smtp.retry_window; else the row stays failed for a later run."""
+    smtp, email = run.settings.smtp, work.due.subscriber.email
+    now = run.clock()
+    work.attempts += 1
+    work.first_failure = work.first_failure or now
+    at = now + run.backoff(work.attempts)
+    if work.attempts >= smtp.max_attempts or at - work.first_failure > smtp.retry_window:
+        run.ledger.mark_failed(run.day, email, str(exc))
+        log.warning("failed %s after %d attempts: %s", email, work.attempts, exc)
+        run.queue.done(work)
+        run.count("failed")
+        return
+    run.ledger.mark_retry(run.day, email, str(exc))
+    log.debug("retrying %s in %.1f s: %s", email, at - now, exc)
+    run.queue.again(work, at)
+
+
+def _unsendable(run: Run, work: Work, exc: Permanent) -> None:
+    email = work.due.subscriber.email
+    run.ledger.mark_unsendable(run.day, email, str(exc))
+    log.warning("%s", exc)
+    run.queue.done(work)
+    with run.lock:
+        run.result.unsendable += 1
+    run.count("skipped")
