@@ -298,4 +298,4 @@ def test_subscribers_check_warns_beforehand_about_addresses_that_need_smtputf8(s
         f"{settings.paths.subscribers}:3: warning: jürgen@bücher.de has a non-ASCII local part: it can be sent "
         "only if the SMTP server offers SMTPUTF8, else it is recorded as not sendable"
     )
-    assert lines[1].endswith(": 3 recipients; skipped 0: 0 invalid, 0 duplicate, 0 suppressed")
+    assert lines[1].endswith(": 3 rows, 0 bad")
