@@ -229,6 +229,24 @@ def suppress(conn: sqlite3.Connection, email: str, reason: str, detail: str = ""
     )
 
 
+def unsubscribe(conn: sqlite3.Connection, email: str, how: str) -> None:
+    """Suppress an address as unsubscribed and retire its open confirmation links (call inside a transaction)."""
+    suppress(conn, email, "unsubscribed", how)
+    conn.execute("DELETE FROM signup_requests WHERE email = ?", (email.strip().lower(),))
+
+
+def unsubscribed_since(conn: sqlite3.Connection, email: str, moment: str) -> bool:
+    """True if the address unsubscribed after an ISO UTC time (a confirmation link from before is void).
+
+    ``unsubscribe`` also deletes the open links; this guards any other way a suppression is written.
+    """
+    row = conn.execute(
+        "SELECT 1 FROM suppressions WHERE email = ? AND reason = 'unsubscribed' AND created_at > ?",
+        (email.strip().lower(), moment),
+    ).fetchone()
+    return row is not None
+
+
 def suppressed(conn: sqlite3.Connection) -> dict[str, str]:
     """Return every suppressed address (lower case) with its reason."""
     return {row[0]: row[1] for row in conn.execute("SELECT email, reason FROM suppressions")}

@@ -123,8 +123,8 @@ class WebApp:
         )
 
     def _unsubscribe(self, address: str, how: str) -> None:
-        with self.database() as conn:
-            state.suppress(conn, address, "unsubscribed", how)
+        with self.database() as conn, state.transaction(conn):
+            state.unsubscribe(conn, address, how)
 
     # Sign-up -----------------------------------------------------------------
 
@@ -250,6 +250,10 @@ class WebApp:
         return sign(data) if sign else data
 
     async def confirm(self, request: Request) -> Response:
+        """GET (and HEAD) show a page with one button and change nothing; only the button's POST confirms.
+
+        Mail scanners and link previews fetch every link in a message: a GET must never subscribe anyone.
+        """
         token = request.query_params.get("token", "")
         address = tokens.read_token(self.secret, token, self.list_id, purpose="confirm", now=self.clock())
         if address is None:
@@ -259,9 +263,23 @@ class WebApp:
                 heading="This link has expired or is not valid",
                 text="Confirmation links work for a limited time. Please sign up again to get a fresh one.",
             )
-        held = await run_in_threadpool(self._confirm, address, token)
-        log.info("confirmed %s%s", address, " (on hold: bounced before)" if held else "")
-        if held:
+        if request.method != "POST":
+            if not await run_in_threadpool(self._request_open, address, token):
+                return self._used_link_page()
+            return self.page("confirm", csrf=self._csrf(request), address=address, token=token)
+        form = await request.form()
+        if not self._csrf_ok(request, form.get("csrf")):
+            return self.page(
+                "message",
+                403,
+                heading="Please try again",
+                text="This form has expired. Go back, reload the page and press the button again.",
+            )
+        outcome = await run_in_threadpool(self._confirm, address, token)
+        log.info("confirmation of %s: %s", address, outcome)
+        if outcome == "used":
+            return self._used_link_page()
+        if outcome == "held":
             return self.page(
                 "message",
                 heading="Subscription confirmed, delivery on hold",
@@ -274,25 +292,48 @@ class WebApp:
             text=f"Welcome! The next edition goes to {address} tomorrow morning.",
         )
 
-    def _confirm(self, address: str, token: str) -> bool:
-        """Add the subscriber with what its own request said; True if a bounce still holds delivery.
+    def _used_link_page(self) -> HTMLResponse:
+        return self.page(
+            "message",
+            410,
+            heading="This link has already been used",
+            text="Each confirmation link works once, and not after an unsubscribe. "
+            "If you want the daily email, please sign up again.",
+        )
 
-        Opening the link again changes nothing. A confirmation lifts an earlier unsubscribe,
-        never a bounce: only the mail server can tell whether the address works again.
+    def _open_request(self, conn: sqlite3.Connection, address: str, token: str) -> sqlite3.Row | None:
+        """This link's own request (else one saved before requests were per link), unless an unsubscribe came later."""
+        key = address.lower()
+        row = conn.execute(
+            "SELECT name, timezone, token_hash, created_at FROM signup_requests WHERE token_hash IN (?, ?) AND email = ?",
+            (token_hash(token), f"legacy:{key}", key),
+        ).fetchone()
+        if row is None or state.unsubscribed_since(conn, key, row["created_at"]):
+            return None
+        return row
+
+    def _request_open(self, address: str, token: str) -> bool:
+        with self.database() as conn:
+            return self._open_request(conn, address, token) is not None
+
+    def _confirm(self, address: str, token: str) -> str:
+        """Add the subscriber with what its own request said: 'subscribed', 'held' (a bounce holds delivery) or 'used'.
+
+        A link confirms once: confirming retires every open request of the address, and an
+        unsubscribe retires them too, so an old link can never undo a later unsubscribe. A
+        confirmation lifts an earlier unsubscribe, never a bounce: only the mail server can
+        tell whether the address works again.
         """
         key = address.lower()
         with self.database() as conn, state.transaction(conn):
-            row = conn.execute(  # this link's own request, else one saved before requests were per link
-                "SELECT name, timezone, token_hash FROM signup_requests WHERE token_hash IN (?, ?) AND email = ?",
-                (token_hash(token), f"legacy:{key}", key),
-            ).fetchone()
-            if row is not None:
-                state.add_subscriber(conn, key, name=row[0], timezone=row[1], source="web", replace=True)
-                conn.execute("DELETE FROM signup_requests WHERE token_hash = ?", (row[2],))
-            else:  # a second click, or a request made before this version: keep what is there
-                state.add_subscriber(conn, key, source="web")
+            row = self._open_request(conn, address, token)
+            if row is None:
+                return "used"
+            state.add_subscriber(conn, key, name=row["name"], timezone=row["timezone"], source="web", replace=True)
+            conn.execute("DELETE FROM signup_requests WHERE email = ?", (key,))
             conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (key,))
-            return conn.execute("SELECT 1 FROM suppressions WHERE email = ?", (key,)).fetchone() is not None
+            held = conn.execute("SELECT 1 FROM suppressions WHERE email = ?", (key,)).fetchone() is not None
+            return "held" if held else "subscribed"
 
     def _csrf(self, request: Request) -> str:
         """The visitor's CSRF token: the one its cookie already holds, so forms open in other tabs keep working."""
@@ -390,7 +431,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> St
     routes = [
         Route("/unsubscribe", web.unsubscribe, methods=["GET", "POST"]),
         Route("/subscribe", web.subscribe, methods=["GET", "POST"]),
-        Route("/confirm", web.confirm, methods=["GET"]),
+        Route("/confirm", web.confirm, methods=["GET", "POST"]),
         Mount("/", StaticFiles(directory=str(settings.paths.public), html=True)),
     ]
 

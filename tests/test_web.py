@@ -128,7 +128,7 @@ def test_double_opt_in_from_form_to_first_newsletter(site, smtp_server):
     assert conn.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0  # not before confirming
     (confirmation,) = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == ["new@example.org"]]
     link = re.search(r"(http://127\.0\.0\.1:\d+/confirm\?token=\S+)", confirmation.get_content()).group(1)
-    confirmed = client.get(link)
+    confirmed = confirm(client, link)
     assert confirmed.status_code == 200 and "You are subscribed" in confirmed.text
     row = conn.execute("SELECT email, name, timezone FROM subscribers").fetchone()
     assert tuple(row) == ("new@example.org", "New Reader", "Europe/Paris")
@@ -142,8 +142,8 @@ def test_an_expired_confirmation_link_is_refused(site):
     expired = tokens.make_token(
         SECRET, "late@example.org", list_id(settings), purpose="confirm", expires=int(time.time()) - 1
     )
-    response = client.get(f"/confirm?token={expired}")
-    assert response.status_code == 400 and "expired" in response.text
+    for response in (client.get(f"/confirm?token={expired}"), client.post(f"/confirm?token={expired}")):
+        assert response.status_code == 400 and "expired" in response.text
     assert state.connect(settings.paths.state).execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0
 
 
@@ -201,6 +201,19 @@ def confirmation_links(smtp_server, address):
     ]
 
 
+def confirm(client, link):
+    """Open a confirmation link and press its one button, as a person does."""
+    page = client.get(link)
+    if page.status_code != 200:
+        return page
+    return client.post(link, data={"csrf": csrf_of(page)})
+
+
+def dump(settings):
+    """Every row of the state database, to show that a request changed nothing."""
+    return list(state.connect(settings.paths.state).iterdump())
+
+
 def web_subscriber(settings, address):
     row = (
         state.connect(settings.paths.state)
@@ -214,10 +227,12 @@ def test_opening_a_confirmation_link_twice_changes_nothing(site, smtp_server):
     settings, client = site
     sign_up(client, "twice@example.org", "Grace", "Europe/Berlin")
     (link,) = confirmation_links(smtp_server, "twice@example.org")
-    assert client.get(link).status_code == 200
-    again = client.get(link)
-    assert again.status_code == 200 and "You are subscribed" in again.text
+    assert confirm(client, link).status_code == 200
+    before = dump(settings)
+    again = confirm(client, link)
+    assert again.status_code == 410 and "already been used" in again.text
     assert web_subscriber(settings, "twice@example.org") == ("Grace", "Europe/Berlin")
+    assert dump(settings) == before
 
 
 def test_each_link_confirms_its_own_request_not_a_later_one(site, smtp_server):
@@ -225,7 +240,7 @@ def test_each_link_confirms_its_own_request_not_a_later_one(site, smtp_server):
     sign_up(client, "own@example.org", "Grace Hopper", "America/New_York")
     sign_up(client, "own@example.org", "Someone Else", "Asia/Tokyo")  # anyone can type an address
     first, second = confirmation_links(smtp_server, "own@example.org")
-    client.get(first)
+    confirm(client, first)
     assert web_subscriber(settings, "own@example.org") == ("Grace Hopper", "America/New_York")
 
 
@@ -291,6 +306,84 @@ def test_confirming_an_address_that_bounced_says_delivery_is_on_hold(site, smtp_
     state.suppress(conn, "held@example.org", "bounced", "550 no such user")
     sign_up(client, "held@example.org")
     (link,) = confirmation_links(smtp_server, "held@example.org")
-    page = client.get(link)
+    page = confirm(client, link)
     assert page.status_code == 200 and "on hold" in page.text and "You are subscribed" not in page.text
     assert state.suppressed(conn) == {"held@example.org": "bounced"}
+
+
+def test_get_and_head_of_a_confirmation_link_change_nothing(site, smtp_server):
+    settings, client = site
+    sign_up(client, "scanned@example.org", "Scanned")
+    (link,) = confirmation_links(smtp_server, "scanned@example.org")
+    before = dump(settings)
+    for _ in range(3):  # a mail scanner, a link preview, a prefetching browser
+        head = client.head(link)
+        assert head.status_code == 200 and head.headers["cache-control"] == "no-store"
+        page = client.get(link)
+        assert page.status_code == 200 and page.text.count("<button") == 1 and 'method="post"' in page.text
+        assert "You are subscribed" not in page.text
+    assert dump(settings) == before
+    assert web_subscriber(settings, "scanned@example.org") is None
+
+
+def test_only_the_post_of_the_button_confirms_and_it_needs_the_form(site, smtp_server):
+    settings, client = site
+    sign_up(client, "pressed@example.org", "Pressed", "Europe/Rome")
+    (link,) = confirmation_links(smtp_server, "pressed@example.org")
+    cross_site = httpx.post(link, data={"csrf": "guess"})  # no cookie: not our page's button
+    assert cross_site.status_code == 403 and web_subscriber(settings, "pressed@example.org") is None
+    done = confirm(client, link)
+    assert done.status_code == 200 and "You are subscribed" in done.text
+    assert web_subscriber(settings, "pressed@example.org") == ("Pressed", "Europe/Rome")
+
+
+def unsubscribe_one_click(settings, client, address):
+    response = client.post(f"/unsubscribe?token={token_for(settings, address)}", data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+
+
+def test_a_used_confirmation_link_changes_nothing_after_an_unsubscribe(site, smtp_server):
+    settings, client = site
+    sign_up(client, "gone@example.org")
+    (link,) = confirmation_links(smtp_server, "gone@example.org")
+    confirm(client, link)
+    unsubscribe_one_click(settings, client, "gone@example.org")
+    before = dump(settings)
+    page = client.get(link)
+    assert page.status_code == 410 and "<button" not in page.text
+    assert client.post(link, data={"csrf": csrf_of(client.get("/subscribe"))}).status_code == 410
+    assert dump(settings) == before
+    assert suppressed(settings) == {"gone@example.org": "unsubscribed"}
+
+
+def test_a_superseded_confirmation_link_changes_nothing_after_an_unsubscribe(site, smtp_server):
+    settings, client = site
+    sign_up(client, "twolinks@example.org", "First")
+    sign_up(client, "twolinks@example.org", "Second")
+    first, second = confirmation_links(smtp_server, "twolinks@example.org")
+    confirm(client, first)
+    unsubscribe_one_click(settings, client, "twolinks@example.org")
+    before = dump(settings)
+    assert confirm(client, second).status_code == 410
+    assert dump(settings) == before
+    assert suppressed(settings) == {"twolinks@example.org": "unsubscribed"}
+
+
+def test_a_link_sent_before_an_unsubscribe_never_subscribes(site, smtp_server):
+    settings, client = site
+    sign_up(client, "early@example.org")
+    (link,) = confirmation_links(smtp_server, "early@example.org")
+    unsubscribe_one_click(settings, client, "early@example.org")  # the reader said no before confirming
+    assert confirm(client, link).status_code == 410
+    assert web_subscriber(settings, "early@example.org") is None
+    assert suppressed(settings) == {"early@example.org": "unsubscribed"}
+
+
+def test_signing_up_again_after_an_unsubscribe_works_with_the_new_link(site, smtp_server):
+    settings, client = site
+    sign_up(client, "back@example.org")
+    confirm(client, confirmation_links(smtp_server, "back@example.org")[0])
+    unsubscribe_one_click(settings, client, "back@example.org")
+    sign_up(client, "back@example.org", "Back Again")
+    assert "You are subscribed" in confirm(client, confirmation_links(smtp_server, "back@example.org")[-1]).text
+    assert suppressed(settings) == {}
