@@ -1,4 +1,8 @@
-"""Import delivery status notifications (RFC 3464) and suppress addresses that bounced for good."""
+"""Read delivery status notifications (RFC 3464) and suppress addresses that bounced for good.
+
+``inbox.py`` calls ``dsn_outcomes`` for each report it finds in the bounce mailbox;
+``import_bounce`` reads one ``.eml`` file on its own.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,19 @@ from pathlib import Path
 
 from newsletter import state
 from newsletter.ledger import SQLiteLedger
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one message said about one address, and what was done about it."""
+
+    action: str  # "suppressed" | "temporary" | "complained" | "unsubscribed" | "ignored" | "error"
+    address: str
+    detail: str
+
+    def __str__(self) -> str:
+        who = f" {self.address}" if self.address else ""
+        return f"{self.action}{who}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -41,14 +58,25 @@ def _status_fields(message: Message) -> list[Message]:
     return []
 
 
-def _original_message_id(message: Message) -> str:
+def _original(message: Message) -> Message | None:
+    """The returned message (or its headers) inside a report: message/rfc822 or text/rfc822-headers."""
     for kind in ("message/rfc822", "text/rfc822-headers"):
         for part in _parts(message, kind):
             payload = part.get_payload()
-            inner = payload[0] if isinstance(payload, list) else email.message_from_string(str(payload))
-            if inner.get("Message-ID"):
-                return str(inner["Message-ID"]).strip()
-    return ""
+            if isinstance(payload, list):
+                return payload[0] if payload else None
+            return email.message_from_string(str(payload))
+    return None
+
+
+def original_header(message: Message, name: str) -> str:
+    """A header of the returned message inside a report, or ''."""
+    inner = _original(message)
+    return str(inner.get(name, "")).strip() if inner is not None else ""
+
+
+def original_message_id(message: Message) -> str:
+    return original_header(message, "Message-ID")
 
 
 def _address(field: str) -> str:
@@ -62,31 +90,26 @@ def import_bounce(path: Path, conn: sqlite3.Connection) -> list[BounceReport]:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
     except OSError as exc:
         return [BounceReport(path, "error", "", f"cannot read: {exc.strerror}")]
+    return [BounceReport(path, o.action, o.address, o.detail) for o in dsn_outcomes(message, conn)]
+
+
+def dsn_outcomes(message: Message, conn: sqlite3.Connection, ledger: SQLiteLedger | None = None) -> list[Outcome]:
+    """Act on a parsed DSN: suppress every recipient that failed permanently; one outcome per recipient."""
     if message.get_content_type() != "multipart/report" or message.get_param("report-type") != "delivery-status":
         return [
-            BounceReport(
-                path,
-                "ignored",
-                "",
-                "not a delivery status notification (multipart/report; report-type=delivery-status)",
-            )
+            Outcome("ignored", "", "not a delivery status notification (multipart/report; report-type=delivery-status)")
         ]
     groups = _status_fields(message)
     if not groups:
-        return [BounceReport(path, "ignored", "", "no per-recipient delivery status")]
-    ledger = SQLiteLedger(conn)
-    found = ledger.find_message(_original_message_id(message))
-    return [_recipient(path, conn, ledger, group, found, alone=len(groups) == 1) for group in groups]
+        return [Outcome("ignored", "", "no per-recipient delivery status")]
+    ledger = ledger or SQLiteLedger(conn)
+    found = ledger.find_message(original_message_id(message))
+    return [_recipient(conn, ledger, group, found, alone=len(groups) == 1) for group in groups]
 
 
 def _recipient(
-    path: Path,
-    conn: sqlite3.Connection,
-    ledger: SQLiteLedger,
-    group: Message,
-    found: tuple[date, str] | None,
-    alone: bool,
-) -> BounceReport:
+    conn: sqlite3.Connection, ledger: SQLiteLedger, group: Message, found: tuple[date, str] | None, alone: bool
+) -> Outcome:
     """Act on one recipient's status group of a report."""
     status = str(group.get("Status", "")).strip()
     action = str(group.get("Action", "")).strip().lower()
@@ -96,14 +119,14 @@ def _recipient(
     row = found if found is not None and (alone or recipient == found[1].lower()) else None
     address = row[1] if row else recipient
     if not address:
-        return BounceReport(path, "ignored", "", "no recipient and no known Message-ID")
+        return Outcome("ignored", "", "no recipient and no known Message-ID")
     diagnostic = " ".join(str(group.get("Diagnostic-Code", "")).split()) or status
     if action == "failed" and status.startswith("5"):
         if row:
             ledger.bounce(row[0], address, diagnostic)  # the row and the suppression in one transaction
         else:
             state.suppress(conn, address, "bounced", diagnostic)
-        return BounceReport(path, "suppressed", address, f"permanent failure {status}")
+        return Outcome("suppressed", address, f"permanent failure {status}")
     if action in ("delivered", "relayed", "expanded"):
-        return BounceReport(path, "ignored", address, f"{action} {status}: not a failure")
-    return BounceReport(path, "temporary", address, f"{action or 'unknown action'} {status}; not suppressed")
+        return Outcome("ignored", address, f"{action} {status}: not a failure")
+    return Outcome("temporary", address, f"{action or 'unknown action'} {status}; not suppressed")

@@ -383,29 +383,52 @@ def serve_command(ctx: Context, host: str | None, port: int | None) -> None:
     web.serve(settings, host or settings.web.host, port or settings.web.port)
 
 
+@cli.group("inbox")
+def inbox_group() -> None:
+    """Read the bounce mailbox: delivery reports, complaints, unsubscribe requests."""
+
+
+def _inbox_import(ctx: Context, paths: tuple[Path, ...]) -> None:
+    from newsletter.mail import inbox
+
+    conn = state.connect(ctx.settings.paths.state)
+    try:
+        reports = inbox.import_paths(list(paths), ctx.settings, conn)
+    finally:
+        conn.close()
+    for report in reports:
+        for line in report.lines():
+            click.echo(line)
+    click.echo(inbox.summary(reports))
+    if inbox.failed(reports):
+        sys.exit(1)
+
+
+@inbox_group.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@pass_ctx
+def inbox_import(ctx: Context, paths: tuple[Path, ...]) -> None:
+    """Handle each message of .eml files and Maildir folders once.
+
+    Delivery status notifications (RFC 3464) suppress permanent failures, complaint reports
+    (ARF, RFC 5965) suppress the reader as complained, and a mail to the List-Unsubscribe
+    mailto address unsubscribes its sender if they are a subscriber. A Maildir message is
+    then moved to cur/ with the Seen flag; a second import changes nothing and says so.
+    """
+    _inbox_import(ctx, paths)
+
+
 @cli.group("bounces")
 def bounces_group() -> None:
-    """Handle bounced mail."""
+    """Handle bounced mail (kept as an alias of 'newsletter inbox')."""
 
 
 @bounces_group.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @pass_ctx
 def bounces_import(ctx: Context, files: tuple[Path, ...]) -> None:
-    """Read delivery status notifications (.eml) and suppress permanent failures."""
-    from newsletter import bounces
-
-    conn = state.connect(ctx.settings.paths.state)
-    try:
-        reports = [report for path in files for report in bounces.import_bounce(path, conn)]
-    finally:
-        conn.close()
-    for report in reports:
-        click.echo(str(report))
-    suppressed = sum(r.action == "suppressed" for r in reports)
-    click.echo(f"{len(files)} file{'' if len(files) == 1 else 's'}: {suppressed} suppressed")
-    if any(r.action == "error" for r in reports):
-        sys.exit(1)
+    """The same as 'newsletter inbox import': .eml files and Maildir folders."""
+    _inbox_import(ctx, files)
 
 
 @contextmanager

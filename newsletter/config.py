@@ -54,6 +54,8 @@ class SenderSettings:
     name: str = "What happened today in history?"
     address: str = "history@example.org"
     reply_to: str = ""
+    bounce_address: str = ""  # envelope sender (MAIL FROM, Return-Path): where DSNs go; empty = address
+    unsubscribe_address: str = ""  # the mailto: of List-Unsubscribe; empty = address
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,16 @@ class Settings:
     @property
     def sender_domain(self) -> str:
         return self.sender.address.rpartition("@")[2]
+
+    @property
+    def envelope_sender(self) -> str:
+        """MAIL FROM of every message (the Return-Path): sender.bounce_address, else From."""
+        return self.sender.bounce_address or self.sender.address
+
+    @property
+    def unsubscribe_address(self) -> str:
+        """The mailto: address of List-Unsubscribe: sender.unsubscribe_address, else From."""
+        return self.sender.unsubscribe_address or self.sender.address
 
     @property
     def dkim_enabled(self) -> bool:
@@ -285,9 +297,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"{where}: 'newsletter.catchup_hours' must not be negative")
     if n.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{where}: 'newsletter.log_level' must be DEBUG, INFO, WARNING or ERROR")
-    for key, address in (("sender.address", settings.sender.address), ("sender.reply_to", settings.sender.reply_to)):
-        if address or key == "sender.address":
-            _check_address(where, key, address)
+    sender = settings.sender
+    for key in ("address", "reply_to", "bounce_address", "unsubscribe_address"):
+        address = getattr(sender, key)
+        if address or key == "address":
+            _check_address(where, f"sender.{key}", address)
     if smtp.security not in {"starttls", "tls", "none"}:
         raise ConfigError(f"{where}: 'smtp.security' must be starttls, tls or none, not {smtp.security!r}")
     if not 0 < smtp.port < 65536:

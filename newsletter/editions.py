@@ -194,7 +194,7 @@ def send_test(settings: Settings, rendered: RenderedEdition, address: str, ledge
     message_id = rendered.message_id_for(subscriber)
     connection = Connection(settings)
     try:
-        reply = connection.send(settings.sender.address, address, wire_data(rendered.message_for(subscriber)))
+        reply = connection.send(settings.envelope_sender, address, wire_data(rendered.message_for(subscriber)))
     except (Temporary, Permanent, Abort) as exc:
         ledger.record_test_send(rendered.edition.day, address, "failed", str(exc), message_id)
         raise DeliveryError(f"test copy to {address} failed: {exc}") from None

@@ -323,7 +323,7 @@ def _message_template(settings: Settings, subject: str, html: str, text: str, no
         message["Reply-To"] = settings.sender.reply_to
     message.set_content(text, subtype="plain", charset="utf-8", cte="8bit")
     message.add_alternative(html, subtype="html", charset="utf-8", cte="8bit")
-    mailto = f"mailto:{settings.sender.address}?subject={quote('unsubscribe')}"
+    mailto = f"mailto:{settings.unsubscribe_address}?subject={quote('unsubscribe')}"
     personal = (
         b"To: " + _TO + b"\r\n"
         b"Message-ID: " + _MSGID + b"\r\n"

@@ -147,6 +147,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_by_day ON deliveries (day);
         """,
     ),
+    (
+        "0060-inbox-messages",
+        """
+        CREATE TABLE inbox_messages (
+            key TEXT PRIMARY KEY,            -- 'id:' + Message-ID, else 'sha256:' + digest of the bytes
+            outcome TEXT NOT NULL,           -- what the first import did, for the record
+            handled_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 

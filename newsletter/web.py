@@ -214,7 +214,9 @@ class WebApp:
         link = urljoin(self.settings.newsletter.base_url, f"confirm?token={token}")
         connection = Connection(self.settings)
         try:
-            connection.send(self.settings.sender.address, address, wire_data(self._confirmation_message(address, link)))
+            connection.send(
+                self.settings.envelope_sender, address, wire_data(self._confirmation_message(address, link))
+            )
         except Permanent as exc:
             log.info("the confirmation email to %s was refused: %s", address, exc)
         except (Abort, Temporary) as exc:

@@ -102,10 +102,10 @@ def test_the_import_command_prints_one_line_per_recipient_and_a_summary(settings
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
         f"{good}: suppressed frank@example.com: permanent failure 5.1.1",
-        "1 file: 1 suppressed",
+        "1 message: 1 suppressed",
     ]
     result = CliRunner().invoke(
         cli, ["--config", str(tmp_path / "newsletter.toml"), "bounces", "import", str(good), str(missing)]
     )
-    assert result.exit_code == 1 and result.stdout.splitlines()[-1] == "2 files: 1 suppressed"
+    assert result.exit_code == 1 and result.stdout.splitlines()[-1] == "2 messages: 0 suppressed; 1 already handled"
     assert f"{missing}: error: cannot read" in result.stdout

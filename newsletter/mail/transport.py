@@ -218,7 +218,7 @@ def _check_envelope(server: smtplib.SMTP, sender: str, replies: list[tuple[int, 
     if mail_code != 250:
         if mail_code >= 500:
             raise Abort(
-                f"the server refused the sender {sender}: {mail_code} {_text(mail_reply)} (check sender.address)"
+                f"the server refused the sender {sender}: {mail_code} {_text(mail_reply)} (check sender.bounce_address and sender.address)"
             )
         raise _refused(mail_code, mail_reply)
     code, reply = rest[0] if rest[0][0] not in (250, 251) else rest[1]

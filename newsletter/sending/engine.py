@@ -349,7 +349,7 @@ def _deliver(run: Run, connection: Connection, work: Work, ticket: list[int]) ->
         return
     try:
         data = run.wire.data_for(subscriber, work.due.message_id)
-        reply = connection.send(run.settings.sender.address, subscriber.email, data)
+        reply = connection.send(run.settings.envelope_sender, subscriber.email, data)
     except ValueError as exc:  # no IDNA form for the To: header
         _unsendable(run, work, Unsendable(f"not sent: {exc}"))
     except Unsendable as exc:
