@@ -5,10 +5,12 @@ Every NewsletterError becomes one line 'Error: ...' on stderr and exit status 1.
 
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 import json
 import logging
+import re
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
@@ -34,10 +36,24 @@ class DateParam(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> date:
         if isinstance(value, date):
             return value
-        try:
-            return date.fromisoformat(str(value).strip())
-        except ValueError:
+        text = str(value).strip()
+        match = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text)
+        if match is None:
             self.fail(f"{value!r} is not a date in the form YYYY-MM-DD", param, ctx)
+        year, month, day = map(int, match.groups())
+        try:
+            return date(year, month, day)
+        except ValueError:
+            self.fail(f"{text!r} is impossible: {_why_impossible(year, month)}", param, ctx)
+
+
+def _why_impossible(year: int, month: int) -> str:
+    """Why a YYYY-MM-DD that reads like a date is none: 'February 2026 has 28 days'."""
+    if year == 0:
+        return "there is no year 0"
+    if not 1 <= month <= 12:
+        return f"there is no month {month}"
+    return f"{calendar.month_name[month]} {year} has {calendar.monthrange(year, month)[1]} days"
 
 
 DATE = DateParam()
@@ -383,6 +399,26 @@ def serve_command(ctx: Context, host: str | None, port: int | None) -> None:
     web.serve(settings, host or settings.web.host, port or settings.web.port)
 
 
+@cli.command("doctor")
+@pass_ctx
+def doctor_command(ctx: Context) -> None:
+    """Check the deployment without sending anything; one line per check, exit 1 if any fails.
+
+    Secret, base_url, postal address, event library, templates, DKIM key (and the TXT record
+    to publish), and the SMTP relay: EHLO, STARTTLS and AUTH as configured, then a MAIL FROM
+    that is reset at once.
+    """
+    from newsletter import doctor
+
+    checks = doctor.run_checks(ctx.settings, ctx.today())
+    for check in checks:
+        click.echo(str(check))
+    failures = sum(check.status == doctor.FAIL for check in checks)
+    click.echo(f"{len(checks)} checks: {failures} failed")
+    if failures:
+        sys.exit(1)
+
+
 @cli.group("inbox")
 def inbox_group() -> None:
     """Read the bounce mailbox: delivery reports, complaints, unsubscribe requests."""
@@ -621,6 +657,49 @@ def suppressions_remove(ctx: Context, email: str) -> None:
     with state_db(ctx) as conn:
         reason = subscribers.lift(conn, email)
     click.echo(f"lifted the suppression of {email.strip().lower()} (was {reason})")
+
+
+# The example that ends each command's --help (a test holds every command to having one).
+EXAMPLES: dict[str, str] = {
+    "": "newsletter --config site.toml send --dry-run",
+    "config": "newsletter --config site.toml config",
+    "events": "newsletter events check --strict",
+    "events check": "newsletter events check --strict data/events",
+    "send": "newsletter send --dry-run --date 2026-06-25",
+    "status": "newsletter status --date 2026-06-25",
+    "subscribers": "newsletter subscribers list --status active",
+    "subscribers add": "newsletter subscribers add ada@example.com --name Ada --timezone Europe/London",
+    "subscribers remove": "newsletter subscribers remove ada@example.com",
+    "subscribers resubscribe": "newsletter subscribers resubscribe ada@example.com",
+    "subscribers import": "newsletter subscribers import new-readers.csv",
+    "subscribers list": "newsletter subscribers list --status active --format csv",
+    "subscribers check": "newsletter subscribers check",
+    "subscribers export": "newsletter subscribers export --output subscribers.csv",
+    "preview": "newsletter preview --date 2026-06-25 --output june25.html",
+    "publish": "newsletter publish --date 2026-06-25",
+    "run": "newsletter run --once",
+    "serve": "newsletter serve --host 127.0.0.1 --port 8080",
+    "doctor": "newsletter --config /srv/newsletter/newsletter.toml doctor",
+    "inbox": "newsletter inbox import /var/mail/bounces/Maildir",
+    "inbox import": "newsletter inbox import /var/mail/bounces/Maildir bounces/*.eml",
+    "bounces": "newsletter bounces import bounces/*.eml",
+    "bounces import": "newsletter bounces import bounces/*.eml",
+    "suppressions": "newsletter suppressions list",
+    "suppressions list": "newsletter suppressions list",
+    "suppressions remove": "newsletter suppressions remove ada@example.com",
+}
+
+
+def _add_examples(command: click.Command, path: str = "") -> None:
+    """End the help of every command with its example ('\b' keeps click from rewrapping it)."""
+    if path in EXAMPLES:
+        command.epilog = f"\b\nExample:\n  {EXAMPLES[path]}"
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            _add_examples(sub, f"{path} {name}".strip())
+
+
+_add_examples(cli)
 
 
 def main() -> None:

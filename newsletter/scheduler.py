@@ -10,6 +10,7 @@ A restart can therefore neither skip nor repeat a delivery.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class Plan:
 
     due: dict[date, set[str]] = field(default_factory=dict)
     stale: dict[date, set[str]] = field(default_factory=dict)
+    readers: dict[str, int] = field(default_factory=dict)  # readers per zone (a reader's own, else the default)
 
 
 def plan(now: datetime, subscribers: Iterable[Subscriber], settings: Settings) -> Plan:
@@ -77,6 +79,7 @@ def plan(now: datetime, subscribers: Iterable[Subscriber], settings: Settings) -
         zone = subscriber.timezone or settings.newsletter.timezone
         if zone not in states:
             states[zone] = zone_state(now, zone, settings.newsletter.send_time, window)
+        result.readers[zone] = result.readers.get(zone, 0) + 1
     for zs in states.values():
         if zs.status != "early":
             (result.due if zs.status == "due" else result.stale).setdefault(zs.day, set()).add(zs.zone)
@@ -102,7 +105,7 @@ class Daily:
 
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
-    _warned: set[tuple[date, str]] = field(default_factory=set)  # only to log each stale day once
+    _noticed: set[tuple[date, str]] = field(default_factory=set)  # stale zones this process already looked at
 
     def beat(self, now: datetime) -> Beat:
         """Do whatever is due at ``now``: publish the feeds, then send each due local edition."""
@@ -149,16 +152,34 @@ class Daily:
             conn.close()
 
     def _warn_stale(self, found: Plan) -> None:
-        window = self.settings.newsletter.catchup_hours
-        for day, zones in found.stale.items():
-            for zone in sorted(zones):
-                if (day, zone) not in self._warned:
-                    self._warned.add((day, zone))
-                    log.warning(
-                        "the %s edition for readers in %s was not sent within %g hours of send_time; "
-                        "skipping it rather than mailing stale news (anyone already mailed is unaffected)",
-                        day, zone, window,
-                    )  # fmt: skip
+        """Warn once per edition and zone (across restarts and cron runs) about readers left unmailed.
+
+        A zone whose readers were all mailed is not stale for anyone: it gets no warning.
+        """
+        fresh = [(day, zone) for day, zones in sorted(found.stale.items()) for zone in sorted(zones)]
+        fresh = [pair for pair in fresh if pair not in self._noticed]
+        if not fresh:
+            return  # a daemon looks each zone up once; the database keeps it once across processes
+        conn = state.connect(self.settings.paths.state)
+        try:
+            for day, zone in fresh:
+                self._warn_zone(conn, day, zone, found.readers.get(zone, 0))
+                self._noticed.add((day, zone))
+        finally:
+            conn.close()
+
+    def _warn_zone(self, conn: sqlite3.Connection, day: date, zone: str, readers: int) -> None:
+        with state.transaction(conn):
+            if not state.first_notice(conn, "stale", day, zone):
+                return
+            mailed = state.mailed_in_zone(conn, day, zone, self.settings.newsletter.timezone)
+        missed = readers - mailed
+        if missed > 0:
+            log.warning(
+                "%d reader%s in %s did not get the %s edition within %g hours of send_time; "
+                "it is skipped for them rather than mailed as stale news",
+                missed, "" if missed == 1 else "s", zone, day, self.settings.newsletter.catchup_hours,
+            )  # fmt: skip
 
     def _send(self, day: date, zones: set[str], now: datetime, result: Beat) -> None:
         default = self.settings.newsletter.timezone

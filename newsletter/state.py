@@ -157,6 +157,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0061-notices",
+        """
+        CREATE TABLE notices (
+            kind TEXT NOT NULL,              -- 'stale': the catch-up window passed for a zone's edition
+            day TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (kind, day, zone)
+        );
+        """,
+    ),
 ]
 
 
@@ -255,6 +267,26 @@ def unsubscribed_since(conn: sqlite3.Connection, email: str, moment: str) -> boo
         (email.strip().lower(), moment),
     ).fetchone()
     return row is not None
+
+
+def first_notice(conn: sqlite3.Connection, kind: str, day: date, zone: str) -> bool:
+    """Record a notice about an edition and zone; True only the first time (to log it once, ever)."""
+    cursor = conn.execute(
+        "INSERT INTO notices (kind, day, zone, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (kind, day.isoformat(), zone, utcnow_text()),
+    )
+    return cursor.rowcount == 1
+
+
+def mailed_in_zone(conn: sqlite3.Connection, day: date, zone: str, default_zone: str) -> int:
+    """Count the readers of a zone (still on the list) with a final outcome for an edition."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM deliveries d WHERE day = ? AND status IN ('delivered', 'bounced', 'skipped') "
+        "AND (CASE WHEN timezone = '' THEN ? ELSE timezone END) = ? "
+        "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email)",
+        (day.isoformat(), default_zone, zone),
+    ).fetchone()
+    return int(row[0])
 
 
 def suppressed(conn: sqlite3.Connection) -> dict[str, str]:

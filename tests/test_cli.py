@@ -38,6 +38,14 @@ def test_every_command_has_help_text(path, command):
     assert command.help, f"'newsletter {' '.join(path)}' has no help text"
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
+    *_, heading, example = result.output.rstrip().splitlines()
+    assert heading.strip() == "Example:", f"add an example for '{' '.join(path)}' to EXAMPLES in newsletter/cli.py"
+    assert example.strip().startswith("newsletter ") and " ".join(path) in example
+
+
+def test_the_main_help_ends_with_an_example():
+    *_, heading, example = CliRunner().invoke(cli, ["--help"]).output.rstrip().splitlines()
+    assert heading.strip() == "Example:" and example.strip().startswith("newsletter ")
 
 
 def test_send_dry_run_names_the_date_event_and_subject(run):
@@ -112,7 +120,23 @@ def subprocess_newsletter(*args, cwd=None, env=None):
 def test_bad_date_is_one_line_without_traceback(tmp_path):
     result = subprocess_newsletter("send", "--dry-run", "--date", "2026-02-30", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "Error: Invalid value for '--date': '2026-02-30' is not a date in the form YYYY-MM-DD\n"
+    assert result.stderr == "Error: Invalid value for '--date': '2026-02-30' is impossible: February 2026 has 28 days\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2028-02-30", "'2028-02-30' is impossible: February 2028 has 29 days"),
+        ("2026-04-31", "'2026-04-31' is impossible: April 2026 has 30 days"),
+        ("2026-13-01", "'2026-13-01' is impossible: there is no month 13"),
+        ("0000-01-01", "'0000-01-01' is impossible: there is no year 0"),
+        ("25/06/2026", "'25/06/2026' is not a date in the form YYYY-MM-DD"),
+        ("2026-6-25", "'2026-6-25' is not a date in the form YYYY-MM-DD"),
+    ],
+)
+def test_a_date_that_cannot_be_is_called_impossible(run, text, message):
+    code, _, err = run("send", "--dry-run", "--date", text)
+    assert code == 2 and err.strip().endswith(message)
 
 
 def test_bad_config_is_one_line_without_traceback(tmp_path):

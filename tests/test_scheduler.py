@@ -130,7 +130,24 @@ def test_catch_up_within_the_window_but_never_stale(daily, smtp_server, caplog):
     with caplog.at_level("WARNING"):
         late.beat(utc(2026, 6, 24, 13, 1))  # June 24 for UTC readers, 6 h 01 late: skipped
     assert ("utc@example.com", "June 24") not in received(smtp_server)
-    assert "was not sent within 6 hours" in caplog.text
+    assert "1 reader in UTC did not get the 2026-06-24 edition within 6 hours of send_time" in caplog.text
+
+
+def stale_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if "did not get" in r.getMessage()]
+
+
+def test_stale_warnings_speak_only_of_readers_not_yet_mailed_once_per_edition_and_zone(daily, smtp_server, caplog):
+    with caplog.at_level("WARNING"):
+        Daily(daily.settings).beat(utc(2026, 6, 25, 7, 5))  # London and UTC readers mailed; Auckland's window is over
+        assert stale_warnings(caplog) == [
+            "1 reader in Pacific/Auckland did not get the 2026-06-25 edition within 6 hours of send_time; "
+            "it is skipped for them rather than mailed as stale news"
+        ]
+        for minute in range(0, 60, 10):  # cron: a new process every ten minutes, long after London's and UTC's window
+            Daily(daily.settings).beat(utc(2026, 6, 25, 13, minute))
+    assert len(stale_warnings(caplog)) == 1  # London and UTC were mailed: no warning; Auckland's is not repeated
+    assert ("newyork@example.com", "June 25") in received(smtp_server)
 
 
 def test_dst_days_send_exactly_once(make_settings, event_folder, tmp_path, smtp_server):
