@@ -90,6 +90,8 @@ class DkimSettings:
     domain: str = ""
     selector: str = ""
     private_key: Path | None = None  # PEM file; signing is on when all three are set
+    ed25519_key: Path | None = None  # PEM file of an Ed25519 key: a second signature beside RSA (RFC 8463)
+    ed25519_selector: str = ""  # selector of the Ed25519 key; "" means "<selector>-ed25519"
 
 
 @dataclass(frozen=True)

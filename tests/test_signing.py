@@ -6,13 +6,14 @@ from datetime import UTC, date, datetime
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from newsletter.editions import send_day
 from newsletter.errors import ConfigError
 from newsletter.events import load_events
 from newsletter.render import render_edition
 from newsletter.selection import select_edition
+from newsletter.signing import relaxed_body
 from newsletter.subscribers import Subscriber
 
 
@@ -108,3 +109,55 @@ def test_signed_messages_still_verify_after_delivery_over_smtp(
     assert send_day(settings, date(2026, 6, 24)).delivered == 2
     for received in smtp_server.handler.messages:
         assert dkim.verify(received.data, dnsfunc=lambda name, timeout=5: keypair[1])
+
+
+@pytest.fixture(scope="module")
+def ed25519_pair(tmp_path_factory):
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = tmp_path_factory.mktemp("ed25519") / "ed25519.pem"
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return pem, b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
+
+
+def test_with_an_ed25519_key_each_message_carries_both_signatures_and_both_verify(
+    make_settings, event_folder, keypair, ed25519_pair
+):
+    toml = (
+        f'[dkim]\ndomain = "example.org"\nselector = "news"\nprivate_key = "{keypair[0]}"\n'
+        f'ed25519_key = "{ed25519_pair[0]}"\n'
+    )
+    data = message_for(make_settings(toml, events=event_folder))
+    records = {b"news._domainkey.example.org.": keypair[1], b"news-ed25519._domainkey.example.org.": ed25519_pair[1]}
+
+    def dns(name, timeout=5):
+        return records[name]
+
+    assert data.count(b"DKIM-Signature:") == 2
+    verifier = dkim.DKIM(data)
+    assert verifier.verify(idx=0, dnsfunc=dns) and verifier.signature_fields[b"a"] == b"rsa-sha256"
+    assert verifier.verify(idx=1, dnsfunc=dns) and verifier.signature_fields[b"a"] == b"ed25519-sha256"
+    tampered = data.replace(b"Subject: ", b"Subject: Re: ")
+    assert not dkim.DKIM(tampered).verify(idx=1, dnsfunc=dns)
+
+
+def test_an_rsa_key_given_as_the_ed25519_key_is_a_clear_error(make_settings, event_folder, keypair):
+    toml = (
+        f'[dkim]\ndomain = "example.org"\nselector = "news"\nprivate_key = "{keypair[0]}"\n'
+        f'ed25519_key = "{keypair[0]}"\n'
+    )
+    with pytest.raises(ConfigError, match=r"dkim.ed25519_key: .* \(it must be an Ed25519 key\)"):
+        message_for(make_settings(toml, events=event_folder))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\r\n", b"a\r\n", b"a  b \t c  \r\n\r\n\r\n", b"  x\r\n \r\n", b"tab\tinside\r\n"],
+)
+def test_our_relaxed_canonicalization_is_dkimpys(body):
+    from dkim.canonicalization import CanonicalizationPolicy
+
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    assert relaxed_body(body) == policy.canonicalize_body(body)
