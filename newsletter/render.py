@@ -43,10 +43,11 @@ TEXT_WIDTH = 78
 SAMPLE = Subscriber("reader@example.com", "Sample Reader")
 
 # Placeholders: ASCII words that survive every step (Jinja escaping, premailer, 8bit MIME).
-_TO, _MSGID, _UNSUB, _NAME_HTML, _NAME_TEXT, _UNSUB_HTML = (
-    f"XXNEWSLETTER{name}XX".encode() for name in ("TO", "MSGID", "UNSUB", "NAMEHTML", "NAMETEXT", "UNSUBHTML")
+_TO, _MSGID, _UNSUB, _NAME_HTML, _NAME_TEXT, _UNSUB_HTML, _PREFS, _PREFS_HTML = (
+    f"XXNEWSLETTER{name}XX".encode()
+    for name in ("TO", "MSGID", "UNSUB", "NAMEHTML", "NAMETEXT", "UNSUBHTML", "PREFS", "PREFSHTML")
 )
-_PLACEHOLDER = re.compile(rb"XXNEWSLETTER(TO|MSGID|UNSUB|NAMEHTML|NAMETEXT|UNSUBHTML)XX")
+_PLACEHOLDER = re.compile(rb"XXNEWSLETTER(TO|MSGID|UNSUB|NAMEHTML|NAMETEXT|UNSUBHTML|PREFSHTML|PREFS)XX")
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 
@@ -119,6 +120,11 @@ def unsubscribe_base(settings: Settings) -> str:
     return urljoin(settings.newsletter.base_url, "unsubscribe?token=")
 
 
+def preferences_base(settings: Settings) -> str:
+    """Return the preferences URL up to its token (the same token as the unsubscribe link's)."""
+    return urljoin(settings.newsletter.base_url, "preferences?token=")
+
+
 def unsubscribe_url(settings: Settings, email: str, secret: str) -> str:
     """Return the one-click unsubscribe URL with a token that cannot be forged."""
     return unsubscribe_base(settings) + tokens.make_token(secret, email, list_id(settings))
@@ -150,6 +156,7 @@ class RenderedEdition:
     sign: Callable[[bytes], bytes] | None = None  # DKIM, when [dkim] is configured
     list_id: str = ""
     unsubscribe_base: str = ""  # unsubscribe_url() up to the token, computed once
+    preferences_base: str = ""  # the preferences page up to the token
 
     def message_id_for(self, subscriber: Subscriber) -> str:
         return message_id(self.settings, self.edition.day, subscriber.email)
@@ -162,8 +169,12 @@ class RenderedEdition:
     def values_for(self, subscriber: Subscriber, message_id: str = "") -> dict[bytes, bytes]:
         """The bytes that replace each placeholder for one subscriber: one line each, never CR or LF."""
         name = clean_line(subscriber.name) if subscriber.name else ""
-        url = self.unsubscribe_base + tokens.make_token(self.secret, subscriber.email, self.list_id)
+        token = tokens.make_token(self.secret, subscriber.email, self.list_id)
+        url = self.unsubscribe_base + token
+        preferences = self.preferences_base + token
         return {
+            b"PREFS": preferences.encode("ascii"),
+            b"PREFSHTML": escape(preferences).encode("ascii"),
             b"TO": header_address(name, wire_address(subscriber.email)),
             b"MSGID": (message_id or self.message_id_for(subscriber)).encode("ascii"),
             b"UNSUB": url.encode("ascii"),
@@ -212,6 +223,7 @@ def render_edition(
         edition=edition, subject=subject, html="", text="", settings=settings, secret=secret,
         segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]), sign=signing.signer(settings),
         list_id=list_id(settings), unsubscribe_base=unsubscribe_base(settings),
+        preferences_base=preferences_base(settings),
     )  # fmt: skip
     sample = rendered.values_for(SAMPLE)
     html_out = _fill(html.encode(), sample).decode()
@@ -251,6 +263,7 @@ def _context(edition: Edition, settings: Settings, subject: str) -> dict[str, ob
         "sections": sections,
         "archive_url": archive_url(settings, edition.day),
         "unsubscribe_url": jinja2.utils.markupsafe.Markup(_UNSUB_HTML.decode()),
+        "preferences_url": jinja2.utils.markupsafe.Markup(_PREFS_HTML.decode()),
         "greeting_name": jinja2.utils.markupsafe.Markup(_NAME_HTML.decode()),
         "postal_address": settings.newsletter.postal_address,
         "sender_name": settings.sender.name,
@@ -272,6 +285,7 @@ def _text_context(edition: Edition, context: dict[str, object]) -> dict[str, obj
             for b in edition.event.reading
         ],
         "unsubscribe_url": _UNSUB.decode(),
+        "preferences_url": _PREFS.decode(),
         "greeting_name": _NAME_TEXT.decode(),
     }
 

@@ -19,9 +19,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from itertools import chain
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
@@ -128,6 +129,17 @@ def valid_zone(name: str) -> bool:
     except (ZoneInfoNotFoundError, ValueError):
         return False
     return True
+
+
+@lru_cache(maxsize=1)
+def zone_choices() -> tuple[str, ...]:
+    """The IANA zones a reader chooses from: those of zone1970.tab (tzdata's own list of current zones) and UTC."""
+    try:
+        table = resources.files("tzdata").joinpath("zoneinfo", "zone1970.tab").read_text(encoding="utf-8")
+        names = {line.split("\t")[2] for line in table.splitlines() if line and not line.startswith("#")}
+    except (OSError, IndexError, ModuleNotFoundError):  # no tzdata table: every zone the system knows
+        names = set(available_timezones())
+    return tuple(sorted(name for name in names | {"UTC"} if valid_zone(name)))
 
 
 def _decoded_lines(path: Path, tally: Tally) -> Iterator[tuple[int, str]]:

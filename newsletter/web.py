@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import jinja2
 from starlette.applications import Starlette
@@ -39,7 +39,7 @@ from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
 from newsletter.mail.wire import wire_data
 from newsletter.render import list_id
 from newsletter.signing import signer
-from newsletter.subscribers import check_address, valid_zone
+from newsletter.subscribers import Entry, check_address, find, preference_problem, zone_choices
 
 log = logging.getLogger(__name__)
 CSRF_COOKIE = "csrf"
@@ -71,6 +71,7 @@ class WebApp:
     def page(self, name: str, status: int = 200, csrf: str | None = None, **context: object) -> HTMLResponse:
         """Render one of templates/web/form_*.html in the site's look."""
         site = {"title": self.settings.newsletter.title, "base_url": self.settings.newsletter.base_url}
+        context.setdefault("preferences_url", "")  # a subscriber's pages link to their preferences
         body = self.pages.get_template(f"web/form_{name}.html").render(site=site, csrf=csrf or "", **context)
         response = HTMLResponse(body, status_code=status)
         if csrf:
@@ -99,9 +100,14 @@ class WebApp:
                 heading="This link is not valid",
                 text="The unsubscribe link is incomplete or has been altered. Please use the link from one of our emails.",
             )
+        token = request.query_params["token"]
         if request.method == "GET":
             return self.page(
-                "unsubscribe", csrf=self._csrf(request), address=address, token=request.query_params["token"]
+                "unsubscribe",
+                csrf=self._csrf(request),
+                address=address,
+                token=token,
+                preferences_url=preferences_link(token),
             )
         form = await request.form()
         one_click = form.get("List-Unsubscribe") == "One-Click"
@@ -120,17 +126,79 @@ class WebApp:
             "message",
             heading="You are unsubscribed",
             text=f"{address} will get no more emails from us. We are sorry to see you go.",
+            preferences_url=preferences_link(token),
         )
 
     def _unsubscribe(self, address: str, how: str) -> None:
         with self.database() as conn, state.transaction(conn):
             state.unsubscribe(conn, address, how)
 
+    # Preferences -------------------------------------------------------------
+
+    async def preferences(self, request: Request) -> Response:
+        """The reader's own page: name, time zone, daily or weekly (and the weekday); unsubscribe one click away."""
+        token = request.query_params.get("token", "")
+        address = tokens.read_token(self.secret, token, self.list_id)
+        if address is None:
+            return self.page(
+                "message",
+                400,
+                heading="This link is not valid",
+                text="The preferences link is incomplete or has been altered. Please use the link from one of our emails.",
+            )
+        entry = await run_in_threadpool(self._entry, address)
+        if entry is None:
+            return self.page(
+                "message",
+                404,
+                heading="We have no subscription for this address",
+                text=f"{address} is not on our list. You can sign up again on the subscribe page.",
+            )
+        values = {
+            "name": entry.name,
+            "timezone": entry.timezone,
+            "frequency": entry.frequency,
+            "weekday": entry.weekday,
+        }
+        if request.method == "GET":
+            return self._preferences_page(request, entry, token, values)
+        form = await request.form()
+        values = {key: str(form.get(key, "")).strip() for key in values}
+        values["weekday"] = values["weekday"].lower() or entry.weekday
+        if not self._csrf_ok(request, form.get("csrf")):
+            return self._preferences_page(
+                request, entry, token, values, 403, "This form has expired; please save it again."
+            )
+        problem = preference_problem(values["name"], values["timezone"], values["frequency"], values["weekday"])
+        if problem:
+            return self._preferences_page(request, entry, token, values, 400, problem)
+        await run_in_threadpool(self._save_preferences, address, values)
+        log.info("preferences of %s: %s", address, values["frequency"])
+        return self._preferences_page(request, entry, token, values, saved=True)
+
+    def _preferences_page(
+        self, request: Request, entry: Entry, token: str, values: dict[str, str],
+        status: int = 200, error: str = "", saved: bool = False,
+    ) -> HTMLResponse:  # fmt: skip
+        return self.page(
+            "preferences", status, csrf=self._csrf(request), entry=entry, token=token, values=values,
+            error=error, saved=saved, zones=zone_choices(), weekdays=state.WEEKDAYS,
+            preferences_url=preferences_link(token),
+        )  # fmt: skip
+
+    def _entry(self, address: str) -> Entry | None:
+        with self.database() as conn:
+            return find(conn, address)
+
+    def _save_preferences(self, address: str, values: dict[str, str]) -> None:
+        with self.database() as conn:
+            state.update_preferences(conn, address, **values)
+
     # Sign-up -----------------------------------------------------------------
 
     async def subscribe(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.page("subscribe", csrf=self._csrf(request), error="", values={})
+            return self.page("subscribe", csrf=self._csrf(request), error="", values={}, zones=zone_choices())
         form = await request.form()
         values = {key: str(form.get(key, "")).strip() for key in ("email", "name", "timezone")}
         if not self._csrf_ok(request, form.get("csrf")):
@@ -140,10 +208,13 @@ class WebApp:
                 csrf=self._csrf(request),
                 error="This form has expired; please send it again.",
                 values=values,
+                zones=zone_choices(),
             )
         error, address = self._validate(values)
         if error:
-            return self.page("subscribe", 400, csrf=self._csrf(request), error=error, values=values)
+            return self.page(
+                "subscribe", 400, csrf=self._csrf(request), error=error, values=values, zones=zone_choices()
+            )
         if not await run_in_threadpool(self._allow_attempt, address):
             return self.page(
                 "message",
@@ -169,11 +240,7 @@ class WebApp:
             address = check_address(values["email"])
         except ValueError as exc:
             return f"That email address does not look right: {exc}", ""
-        if len(values["name"]) > 100 or any(ord(ch) < 32 for ch in values["name"]):
-            return "Please give a name of at most 100 characters, or none.", ""
-        if values["timezone"] and not valid_zone(values["timezone"]):
-            return "Please choose a time zone from the list, such as Europe/Paris.", ""
-        return "", address
+        return preference_problem(values["name"], values["timezone"]), address
 
     def _allow_attempt(self, address: str) -> bool:
         """Count sign-up emails per address in the last hour (stored in SQLite, so restarts do not reset it)."""
@@ -351,6 +418,11 @@ class WebApp:
         return bool(cookie) and isinstance(submitted, str) and hmac.compare_digest(cookie, submitted)
 
 
+def preferences_link(token: str) -> str:
+    """The preferences page of a link token, relative to the page that links to it."""
+    return "preferences?token=" + quote(token, safe="")
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -366,7 +438,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",  # links carry tokens: never pass them on to another site
 }
-PRIVATE_PATHS = ("/unsubscribe", "/subscribe", "/confirm")  # pages with tokens or forms: never cached
+PRIVATE_PATHS = ("/unsubscribe", "/subscribe", "/confirm", "/preferences")  # pages with tokens or forms: never cached
 TOO_LARGE = "The form sent more data than we accept."
 TOKEN_IN_URL = re.compile(r"(token=)[^&\s]+")
 
@@ -431,6 +503,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> St
         return web.page("message", 500, heading="Something went wrong", text="Please try again in a moment.")
 
     routes = [
+        Route("/preferences", web.preferences, methods=["GET", "POST"]),
         Route("/unsubscribe", web.unsubscribe, methods=["GET", "POST"]),
         Route("/subscribe", web.subscribe, methods=["GET", "POST"]),
         Route("/confirm", web.confirm, methods=["GET", "POST"]),
