@@ -88,9 +88,22 @@ class NewsletterGroup(click.Group):
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
-            error = click.ClickException(str(exc))
-            error.exit_code = exc.exit_code
-            raise error from None
+            raise _click_error(exc) from None
+        except sqlite3.Error as exc:  # the state database failed in a command: one line naming it
+            raise _click_error(state.storage_error(exc, _state_file(ctx))) from None
+
+
+def _click_error(exc: NewsletterError) -> click.ClickException:
+    error = click.ClickException(str(exc))
+    error.exit_code = exc.exit_code
+    return error
+
+
+def _state_file(ctx: click.Context) -> Path:
+    try:
+        return state.db_path(ctx.find_object(Context).settings.paths.state)
+    except (AttributeError, NewsletterError):
+        return Path(state.DB_NAME)
 
 
 @click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})

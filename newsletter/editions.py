@@ -54,9 +54,12 @@ def edition_for(day: date, settings: Settings, conn: sqlite3.Connection | None, 
 def edition_lock(state_dir: Path, day: date) -> Iterator[None]:
     """Hold the lock of an edition: a second send of the same date exits with a clear message."""
     folder = state_dir / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"send-{day.isoformat()}.lock"
-    handle = path.open("a+")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+    except OSError as exc:
+        raise state.storage_error(exc, path) from exc
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,7 +105,7 @@ def send_day(
     progress = progress or Progress()
     conn = state.connect(settings.paths.state)
     try:
-        with edition_lock(settings.paths.state, day):
+        with edition_lock(settings.paths.state, day), state.guarded(settings.paths.state):
             if retry_failed and day not in state.recorded_editions(conn):
                 raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
             ledger = SQLiteLedger(conn)

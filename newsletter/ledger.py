@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Protocol
 
 from newsletter.state import db_file, suppress, transaction, utcnow_text
@@ -93,9 +94,9 @@ class SQLiteLedger:
         self._lock = threading.Lock()
 
     @property
-    def path(self) -> str:
+    def path(self) -> Path:
         """The database file, for messages."""
-        return db_file(self.conn)
+        return Path(db_file(self.conn))
 
     def plan(
         self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str], batch: int = 2000

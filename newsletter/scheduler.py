@@ -139,9 +139,15 @@ class Daily:
         today = now.astimezone(settings.zone).date()
         if now < send_moment(today, settings.newsletter.send_time, settings.zone):
             today -= timedelta(days=1)
-        conn = state.connect(settings.paths.state)
         try:
-            published = publish(settings, today, conn, now=now)
+            conn = state.connect(settings.paths.state)
+        except NewsletterError as exc:
+            log.error("publishing failed, will retry at the next beat: %s", exc)
+            result.errors.append(str(exc))
+            return
+        try:
+            with state.guarded(settings.paths.state):
+                published = publish(settings, today, conn, now=now)
             result.published = bool(published.written)
             if published.written:
                 log.info("%s", published.summary())

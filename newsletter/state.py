@@ -7,6 +7,7 @@ and are recorded in the ``migrations`` table.
 
 from __future__ import annotations
 
+import errno
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from newsletter.errors import NewsletterError
+from newsletter.errors import StorageError
 
 DB_NAME = "newsletter.sqlite3"
 
@@ -187,18 +188,68 @@ def db_file(conn: sqlite3.Connection) -> str:
 
 
 def connect(state_dir: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the state database in WAL mode with every migration applied."""
+    """Open (creating if needed) the state database in WAL mode with every migration applied.
+
+    Raise StorageError (one line: the file, what is wrong, what to do) when the folder is
+    read-only, the disk is full, or the file is not a newsletter state database.
+    """
+    path = db_path(state_dir)
+    conn: sqlite3.Connection | None = None
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(db_path(state_dir), timeout=30, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        _refuse_foreign(conn, path)  # before anything writes to the file
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn)
     except (OSError, sqlite3.Error) as exc:
-        raise NewsletterError(f"{state_dir}: cannot open the state database: {exc} (check paths.state)") from None
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    migrate(conn)
+        if conn is not None:
+            conn.close()
+        raise storage_error(exc, path) from exc
     return conn
+
+
+def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database that has tables but none of ours: never migrate someone else's file."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "migrations" not in tables:
+        raise StorageError(
+            f"{path}: not a newsletter state database (it holds other tables: {', '.join(sorted(tables)[:3])}); "
+            "point paths.state at another folder, or move the file away"
+        )
+
+
+def storage_error(exc: BaseException, path: Path) -> StorageError:
+    """One line for a problem with the state database: which file, what is wrong, and what to do."""
+    if isinstance(exc, StorageError):
+        return exc
+    text = str(exc) or type(exc).__name__
+    low = text.lower()
+    code = getattr(exc, "errno", None)
+    if "full" in low or code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        advice = "the disk is full: free some space and run the command again (nothing was half-written)"
+    elif "disk i/o error" in low:
+        advice = "the disk could not be written (full, or failing): free some space or check the disk, then run the command again (nothing was half-written)"
+    elif "readonly" in low or "read-only" in low or code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = f"{path.parent} is read-only or not writable for this user: fix its permissions or set paths.state"
+    elif "not a database" in low or "malformed" in low or "corrupt" in low:
+        advice = "not a usable newsletter state database: restore it from a backup, or move it away to start afresh"
+    elif "unable to open" in low:
+        advice = f"cannot open it: check that {path.parent} exists and is writable (paths.state)"
+    else:
+        advice = "check the file and paths.state"
+    return StorageError(f"{path}: {advice} ({text})")
+
+
+@contextmanager
+def guarded(state_dir: Path) -> Iterator[None]:
+    """Turn a SQLite error inside the block into StorageError naming the state database."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise storage_error(exc, db_path(state_dir)) from exc
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -294,16 +345,31 @@ def suppressed(conn: sqlite3.Connection) -> dict[str, str]:
     return {row[0]: row[1] for row in conn.execute("SELECT email, reason FROM suppressions")}
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """Open for reading; in a read-only folder (where WAL's shared-memory file cannot be made) as immutable."""
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc):
+            raise
+        conn.close()
+        conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    return conn
+
+
 def connect_readonly(state_dir: Path) -> sqlite3.Connection | None:
     """Open an existing state database without changing anything; None if there is none yet."""
     path = db_path(state_dir)
     if not path.is_file():
         return None
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        conn = _open_readonly(path)
+        _refuse_foreign(conn, path)
         applied = {row[0] for row in conn.execute("SELECT name FROM migrations")}
     except sqlite3.Error as exc:
-        raise NewsletterError(f"{path}: cannot read the state database: {exc}") from None
+        raise storage_error(exc, path) from exc
     if not applied.issuperset(name for name, _ in MIGRATIONS):  # written by an older version: upgrade it once
         conn.close()
         connect(state_dir).close()

@@ -34,6 +34,7 @@ from newsletter.mail.transport import Abort, CannotConnect, Connection, Dropped,
 from newsletter.mail.wire import Wire
 from newsletter.render import RenderedEdition
 from newsletter.sending.throttle import Throttle
+from newsletter.state import storage_error
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +216,7 @@ class Acceptances:
             try:
                 self.ledger.mark_delivered_many(self.day, batch)
             except sqlite3.Error as exc:
-                raise Abort(
-                    f"cannot record deliveries in the ledger {self.ledger.path} ({exc}); "
-                    "the unrecorded ones stay pending (free some space or fix the state folder, then re-run send)"
-                ) from None
+                raise Abort(f"cannot record deliveries in the ledger: {storage_error(exc, self.ledger.path)}") from None
             self.committed = upto
 
 
@@ -319,6 +317,8 @@ def _worker(run: Run) -> None:
     try:
         while _recorded(run, ticket[0]) and (work := run.queue.take()) is not None:
             _deliver(run, connection, work, ticket)
+    except sqlite3.Error as exc:
+        run.halt(str(storage_error(exc, run.ledger.path)))
     except Exception as exc:
         log.debug("sending thread failed", exc_info=True)
         run.halt(f"unexpected error while sending ({type(exc).__name__}: {exc})")
