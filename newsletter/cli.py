@@ -23,7 +23,7 @@ import click
 
 from newsletter import __version__, config, editions, events, selection, state, subscribers
 from newsletter.errors import NewsletterError
-from newsletter.ledger import SQLiteLedger
+from newsletter.ledger import DigestLedger, SQLiteLedger
 
 log = logging.getLogger("newsletter")
 
@@ -243,6 +243,7 @@ def send_command(
             click.echo(f"skipped: {problem}")
         verb = "written to " + str(outbox) if outbox else "would be sent"
         click.echo(f"recipients: {report.recipients} ({verb}; {report.already} already done)")
+        click.echo(f"weekly digests: {report.digests} ({verb})")
         click.echo(report.tally.skipped_summary())
         return
     if to_address:
@@ -268,14 +269,20 @@ def status_command(ctx: Context, day: date | None) -> None:
         click.echo("no edition has been sent yet")
         return
     with synced_list(ctx) as conn:
-        ledger = SQLiteLedger(conn)
+        ledger, digests = SQLiteLedger(conn), DigestLedger(conn)
         editions = state.recorded_editions(conn)
-        rows = [(day, ledger.counts(day))] if day else ledger.editions()
+        rows = (
+            [(day, editions.get(day, "-"), ledger.counts(day))]
+            if day
+            else [(when, editions.get(when, "-"), tally) for when, tally in ledger.editions()]
+        )
+        weekly = [(day, digests.counts(day))] if day else digests.editions()
+        rows += [(when, "weekly digest", tally) for when, tally in weekly if any(tally.values())]
         counts = state.subscriber_counts(conn)
     click.echo(f"{'date':<12}{'event':<44}{'delivered':>10}{'bounced':>9}{'failed':>8}{'pending':>9}")
-    for when, tally in rows:
+    for when, what, tally in sorted(rows, key=lambda row: (row[0], row[1] != "weekly digest"), reverse=True):
         click.echo(
-            f"{when.isoformat():<12}{editions.get(when, '-')[:43]:<44}{tally['delivered']:>10}{tally['bounced']:>9}{tally['failed']:>8}{tally['pending']:>9}"
+            f"{when.isoformat():<12}{what[:43]:<44}{tally['delivered']:>10}{tally['bounced']:>9}{tally['failed']:>8}{tally['pending']:>9}"
         )
     click.echo("")
     click.echo(subscriber_table(counts), nl=False)
@@ -309,13 +316,19 @@ def subscribers_group() -> None:
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of standard output."
 )
+@click.option("--digest", is_flag=True, help="The weekly digest of the date (its past seven editions) instead.")
 @pass_ctx
-def preview_command(ctx: Context, day: date | None, fmt: str, output: Path | None) -> None:
-    """Render the edition of a date as HTML, plain text or a whole .eml message."""
-    from newsletter import render
+def preview_command(ctx: Context, day: date | None, fmt: str, output: Path | None, digest: bool) -> None:
+    """Render the edition (or weekly digest) of a date as HTML, plain text or a whole .eml message."""
+    from newsletter import digests, render
 
-    edition = load_edition(ctx, day or ctx.today())
-    rendered = render.render_edition(edition, ctx.settings, allow_insecure_secret=True)
+    day = day or ctx.today()
+    if digest:
+        rendered = digests.renderer(ctx.settings, day, lambda d: load_edition(ctx, d), allow_insecure_secret=True)(
+            digests.first_day(day, None)
+        )
+    else:
+        rendered = render.render_edition(load_edition(ctx, day), ctx.settings, allow_insecure_secret=True)
     data = {
         "html": rendered.html.encode("utf-8"),
         "text": rendered.text.encode("utf-8"),

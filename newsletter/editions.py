@@ -20,9 +20,10 @@ from pathlib import Path
 
 from newsletter import state
 from newsletter.config import Settings
+from newsletter.digests import dry_run_digests, plan_digests, renderer, send_digests
 from newsletter.errors import DeliveryError
 from newsletter.events import load_events
-from newsletter.ledger import SQLiteLedger
+from newsletter.ledger import DigestLedger, SQLiteLedger
 from newsletter.mail.outbox import write_outbox
 from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
 from newsletter.mail.wire import wire_data
@@ -113,6 +114,7 @@ def send_day(
             result = SendResult(day)
             if not retry_failed:
                 sync_csv(settings.paths.subscribers, conn, Tally())  # its bad rows are reported just below
+                plan_digests(settings, day, conn, Tally(), select)  # first: their readers get no daily edition
                 tally = Tally()
                 recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
                 result.planned = ledger.plan(
@@ -131,15 +133,31 @@ def send_day(
                     progress=progress.update,
                     result=result,
                 )
+                render = renderer(settings, day, lambda d: edition_for(d, settings, conn), now=now)
+                digests = send_digests(
+                    settings, day, conn, render, only_failed=retry_failed, stop=stop, progress=progress.update
+                )
             finally:
                 progress.close()
-            if not (retry_failed or result.interrupted) and (left := ledger.unsent(day)):
+            result = _with_digests(result, digests)
+            left = ledger.unsent(day) + DigestLedger(conn).unsent(day)
+            if not (retry_failed or result.interrupted) and left:
                 raise DeliveryError(
                     f"{left} recipients of {day.isoformat()} are still pending after the run; re-run send"
                 )
             return result
     finally:
         conn.close()
+
+
+def _with_digests(result: SendResult, digests: SendResult) -> SendResult:
+    """The date's outcome: its edition's and its weekly digests' together."""
+    if digests.sent:
+        log.info("%s weekly digests: %s", digests.day, digests.summary())
+    for outcome in ("delivered", "bounced", "failed", "duration"):
+        setattr(result, outcome, getattr(result, outcome) + getattr(digests, outcome))
+    result.interrupted = result.interrupted or digests.interrupted
+    return result
 
 
 def _note_skipped(result: SendResult, tally: Tally) -> None:
@@ -158,6 +176,7 @@ class DryRun:
     recipients: int
     tally: Tally
     already: int  # recipients with a final outcome in the ledger already
+    digests: int = 0  # weekly readers whose digest falls on this date (written to the outbox too)
 
 
 def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> DryRun:
@@ -171,7 +190,11 @@ def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> Dry
         done = SQLiteLedger(conn).finished(day) if conn else frozenset()
         pending = (s for s in recipients if s.key not in done)
         count = write_outbox(rendered, pending, outbox) if outbox else sum(1 for _ in pending)
-        return DryRun(edition, rendered, count, tally, len(done))
+        render = renderer(
+            settings, day, lambda d: edition_for(d, settings, conn, record=False), allow_insecure_secret=True
+        )
+        digests = dry_run_digests(settings, day, conn, render, outbox=outbox)
+        return DryRun(edition, rendered, count, tally, len(done), digests)
     finally:
         if conn:
             conn.close()

@@ -89,6 +89,8 @@ class Ledger(Protocol):
 class SQLiteLedger:
     """The ledger in the state database; safe to share between sending threads."""
 
+    KIND = "edition"  # the rows this ledger sends and counts: daily editions ('digest': DigestLedger)
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._lock = threading.Lock()
@@ -97,6 +99,10 @@ class SQLiteLedger:
     def path(self) -> Path:
         """The database file, for messages."""
         return Path(db_file(self.conn))
+
+    def _scope(self) -> tuple[str, tuple[str, ...]]:
+        """The SQL condition (and its parameters) that keeps this ledger to its own kind of row."""
+        return "kind = ?", (self.KIND,)
 
     def plan(
         self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str], batch: int = 2000
@@ -139,14 +145,15 @@ class SQLiteLedger:
         """Stream the rows still to send (pending and failed, or only failed), in chunks, oldest first."""
         statuses = ("failed",) if only_failed else ("pending", "failed")
         marks = ",".join("?" * len(statuses))
+        scope, scoped = self._scope()
         last = 0
         while True:
             with self._lock:
                 rows = self.conn.execute(
                     f"SELECT rowid, address, name, timezone, attempts, message_id FROM deliveries d WHERE day = ? AND status IN ({marks}) "
-                    "AND rowid > ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
+                    f"AND {scope} AND rowid > ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
                     "ORDER BY rowid LIMIT ?",
-                    (day.isoformat(), *statuses, last, chunk),
+                    (day.isoformat(), *statuses, *scoped, last, chunk),
                 ).fetchall()
             if not rows:
                 return
@@ -157,7 +164,7 @@ class SQLiteLedger:
     def finished(self, day: date) -> frozenset[str]:
         """Return the addresses (lower case) that already have a final outcome for the edition."""
         with self._lock:
-            rows = self.conn.execute(
+            rows = self.conn.execute(  # any kind: a reader gets one message a date, edition or digest
                 "SELECT email FROM deliveries WHERE day = ? AND status IN ('delivered', 'bounced', 'skipped')",
                 (day.isoformat(),),
             ).fetchall()
@@ -217,11 +224,12 @@ class SQLiteLedger:
 
     def unsent(self, day: date) -> int:
         """Count the rows still pending (suppressed addresses aside, which are never sent)."""
+        scope, scoped = self._scope()
         with self._lock:
             row = self.conn.execute(
-                "SELECT COUNT(*) FROM deliveries d WHERE day = ? AND status = 'pending' "
+                f"SELECT COUNT(*) FROM deliveries d WHERE day = ? AND status = 'pending' AND {scope} "
                 "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email)",
-                (day.isoformat(),),
+                (day.isoformat(), *scoped),
             ).fetchone()
         return int(row[0])
 
@@ -230,7 +238,8 @@ class SQLiteLedger:
         result = dict.fromkeys(STATUSES, 0)
         with self._lock:
             for status, count in self.conn.execute(
-                "SELECT status, COUNT(*) FROM deliveries WHERE day = ? GROUP BY status", (day.isoformat(),)
+                "SELECT status, COUNT(*) FROM deliveries WHERE day = ? AND kind = ? GROUP BY status",
+                (day.isoformat(), self.KIND),
             ):
                 result[status] = count
         return result
@@ -240,7 +249,7 @@ class SQLiteLedger:
         table: dict[str, dict[str, int]] = {}
         with self._lock:
             for day, status, count in self.conn.execute(
-                "SELECT day, status, COUNT(*) FROM deliveries GROUP BY day, status"
+                "SELECT day, status, COUNT(*) FROM deliveries WHERE kind = ? GROUP BY day, status", (self.KIND,)
             ):
                 table.setdefault(day, dict.fromkeys(STATUSES, 0))[status] = count
         return [(date.fromisoformat(day), counts) for day, counts in sorted(table.items(), reverse=True)]
@@ -260,3 +269,75 @@ class SQLiteLedger:
                 "INSERT INTO test_sends (day, email, status, last_reply, message_id, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (day.isoformat(), email, status, reply[:500], message_id, utcnow_text()),
             )
+
+
+class DigestLedger(SQLiteLedger):
+    """The weekly digests' rows of the ledger: the same table, the same promises, ``kind = 'digest'``.
+
+    A digest row also records the first edition it holds (``digest_from``): digests of one
+    date differ by that date only, and each variant is rendered once. ``since`` keeps the
+    ledger to one variant while it is sent; counts and the plan cover them all.
+    """
+
+    KIND = "digest"
+
+    def __init__(self, conn: sqlite3.Connection, since: date | None = None) -> None:
+        super().__init__(conn)
+        self.since = since
+
+    def _scope(self) -> tuple[str, tuple[str, ...]]:
+        if self.since is None:
+            return "kind = 'digest'", ()
+        return "kind = 'digest' AND digest_from = ?", (self.since.isoformat(),)
+
+    def plan_digests(self, day: date, readers: Iterable[tuple[Subscriber, date, str]]) -> int:
+        """Add a pending digest row for each (reader, first edition date, Message-ID) without a row that date.
+
+        A reader who already has a row for the date (the day's edition) gets no digest that date.
+        """
+        now = utcnow_text()
+        rows = [
+            (day.isoformat(), s.key, s.email, s.name, s.timezone, message_id, now, since.isoformat())
+            for s, since, message_id in readers
+        ]
+        if not rows:
+            return 0
+        with self._lock:
+            before = self.conn.total_changes
+            with transaction(self.conn):
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at, "
+                    "kind, digest_from) VALUES (?, ?, ?, ?, ?, ?, ?, 'digest', ?)",
+                    rows,
+                )
+            return self.conn.total_changes - before
+
+    def last_mailed(self, email: str, before: date) -> tuple[date, str] | None:
+        """The latest date before ``before`` with a row for this reader (edition or digest), and its kind."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT day, kind FROM deliveries WHERE email = ? AND day < ? ORDER BY day DESC LIMIT 1",
+                (email.lower(), before.isoformat()),
+            ).fetchone()
+        return (date.fromisoformat(row[0]), row[1]) if row else None
+
+    def recent_digests(self, day: date, days: int = 7) -> dict[str, date]:
+        """Readers with a digest in the ``days`` before ``day``: lower-case address -> that digest's date."""
+        start = date.fromordinal(day.toordinal() - days).isoformat()
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT email, MAX(day) FROM deliveries WHERE kind = 'digest' AND day >= ? AND day < ? GROUP BY email",
+                (start, day.isoformat()),
+            ).fetchall()
+        return {row[0]: date.fromisoformat(row[1]) for row in rows}
+
+    def variants(self, day: date, *, only_failed: bool = False) -> list[date]:
+        """The first edition dates of the digests of a date still to send (each is rendered once)."""
+        statuses = ("failed",) if only_failed else ("pending", "failed")
+        with self._lock:
+            rows = self.conn.execute(
+                f"SELECT DISTINCT digest_from FROM deliveries WHERE day = ? AND kind = 'digest' "
+                f"AND status IN ({','.join('?' * len(statuses))}) ORDER BY digest_from",
+                (day.isoformat(), *statuses),
+            ).fetchall()
+        return [date.fromisoformat(row[0]) for row in rows]

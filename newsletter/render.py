@@ -130,10 +130,11 @@ def unsubscribe_url(settings: Settings, email: str, secret: str) -> str:
     return unsubscribe_base(settings) + tokens.make_token(secret, email, list_id(settings))
 
 
-def message_id(settings: Settings, day: date, email: str) -> str:
-    """Return the Message-ID of an edition for one address: the same on every (re)send."""
+def message_id(settings: Settings, day: date, email: str, kind: str = "edition") -> str:
+    """Return the Message-ID of an edition (or a weekly digest) for one address: the same on every (re)send."""
     digest = hashlib.sha256(f"{list_id(settings)}\0{email.lower()}".encode()).hexdigest()[:24]
-    return f"<{day:%Y%m%d}.{digest}@{settings.sender_domain}>"
+    tag = "" if kind == "edition" else f"{kind}."
+    return f"<{day:%Y%m%d}.{tag}{digest}@{settings.sender_domain}>"
 
 
 def years_ago(event: Event, day: date) -> str:
@@ -157,9 +158,10 @@ class RenderedEdition:
     list_id: str = ""
     unsubscribe_base: str = ""  # unsubscribe_url() up to the token, computed once
     preferences_base: str = ""  # the preferences page up to the token
+    kind: str = "edition"  # or "digest": a weekly reader's message, whose edition is the latest of its week
 
     def message_id_for(self, subscriber: Subscriber) -> str:
-        return message_id(self.settings, self.edition.day, subscriber.email)
+        return message_id(self.settings, self.edition.day, subscriber.email, self.kind)
 
     def message_for(self, subscriber: Subscriber, message_id: str = "") -> bytes:
         """Return the complete message (CRLF line endings) for one subscriber."""
@@ -207,23 +209,49 @@ def render_edition(
     edition: Edition, settings: Settings, *, allow_insecure_secret: bool = False, now: datetime | None = None
 ) -> RenderedEdition:
     """Render an edition once: Jinja2 templates, premailer inlining, the MIME message with placeholders."""
+    subject = subject_for(edition, settings)
+    env = _environment(settings.paths.templates)
+    context = _context(edition, settings, subject)
+    html = env.get_template("email/email.html").render(context)
+    text = env.get_template("email/email.txt").render(_text_context(edition, context))
+    return _rendered(edition, settings, subject, html, text, "edition", allow_insecure_secret, now)
+
+
+def render_digest(
+    editions: list[Edition], settings: Settings, *, allow_insecure_secret: bool = False, now: datetime | None = None
+) -> RenderedEdition:
+    """Render a weekly digest once: each edition's title, summary and link, the latest (the last) in full."""
+    latest = editions[-1]
+    first = editions[0]
+    week = first.date_label if len(editions) == 1 else f"{first.date_label} to {latest.date_label}"
+    subject = clean_line(f"{settings.newsletter.title}: your week, {week}")
+    env = _environment(settings.paths.templates)
+    items = [{"date_label": e.date_label, "event": e.event, "url": archive_url(settings, e.day)} for e in editions[:-1]]
+    context = {**_context(latest, settings, subject), "week_label": week, "items": items}
+    html = env.get_template("email/digest.html").render(context)
+    text_context = _text_context(latest, context)
+    text_context["items"] = [{**item, "summary": textwrap.fill(item["event"].summary, TEXT_WIDTH)} for item in items]
+    text = env.get_template("email/digest.txt").render(text_context)
+    return _rendered(latest, settings, subject, html, text, "digest", allow_insecure_secret, now)
+
+
+def _rendered(
+    edition: Edition, settings: Settings, subject: str, html: str, text: str, kind: str,
+    allow_insecure_secret: bool, now: datetime | None,
+) -> RenderedEdition:  # fmt: skip
+    """Inline the HTML, build the MIME message once and split it at the placeholders."""
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     secret = settings.signing_secret(allow_insecure=allow_insecure_secret)
-    subject = subject_for(edition, settings)
-    env = _environment(settings.paths.templates)
-    context = _context(edition, settings, subject)
-    html = _inline(env.get_template("email/email.html").render(context), settings.paths.templates)
-    html = _short_lines(html)
-    text = env.get_template("email/email.txt").render(_text_context(edition, context))
+    html = _short_lines(_inline(html, settings.paths.templates))
     template = _message_template(settings, subject, html, text, now)
     pieces = _PLACEHOLDER.split(template)
     rendered = RenderedEdition(
         edition=edition, subject=subject, html="", text="", settings=settings, secret=secret,
         segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]), sign=signing.signer(settings),
         list_id=list_id(settings), unsubscribe_base=unsubscribe_base(settings),
-        preferences_base=preferences_base(settings),
+        preferences_base=preferences_base(settings), kind=kind,
     )  # fmt: skip
     sample = rendered.values_for(SAMPLE)
     html_out = _fill(html.encode(), sample).decode()
@@ -240,8 +268,12 @@ def _fill(data: bytes, values: dict[bytes, bytes]) -> bytes:
 def _environment(templates: Path) -> jinja2.Environment:
     if not (templates / "email" / "email.html").is_file():
         raise ConfigError(f"{templates}: no email/email.html template here (check paths.templates)")
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
+    from newsletter.config import bundled
+
+    return jinja2.Environment(  # a templates folder of an older version has no digest: the bundled one stands in
+        loader=jinja2.ChoiceLoader(
+            [jinja2.FileSystemLoader(str(templates)), jinja2.FileSystemLoader(str(bundled("templates")))]
+        ),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,

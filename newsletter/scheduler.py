@@ -127,7 +127,7 @@ class Daily:
     def _plan(self, now: datetime) -> Plan:
         conn = state.connect_readonly(self.settings.paths.state)
         try:
-            return plan(now, iter_recipients(self.settings.paths.subscribers, conn, Tally()), self.settings)
+            return plan(now, iter_recipients(self.settings.paths.subscribers, conn, Tally(), None), self.settings)
         finally:
             if conn:
                 conn.close()

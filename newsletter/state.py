@@ -170,6 +170,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0070-weekly-digests",
+        """
+        -- a weekly digest is a row of the ledger like an edition: one row per (local date, reader), so a
+        -- reader gets at most one message a day, daily edition or digest, whatever they switch to
+        ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'edition' CHECK (kind IN ('edition', 'digest'));
+        ALTER TABLE deliveries ADD COLUMN digest_from TEXT NOT NULL DEFAULT '';  -- a digest's first edition date
+        CREATE INDEX deliveries_by_email ON deliveries (email, day);
+        """,
+    ),
 ]
 
 

@@ -123,3 +123,35 @@ def test_the_signup_form_offers_the_real_zone_list_and_preselects_the_browsers_z
     assert '<select id="timezone" name="timezone">' in page
     assert re.findall(r"<option>([^<]+)</option>", page) == list(zone_choices())
     assert "Intl.DateTimeFormat().resolvedOptions().timeZone" in page
+
+
+def test_after_changing_zone_and_frequency_the_next_sends_follow_them(site, smtp_server, tmp_path):  # noqa: F811
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+    from newsletter.scheduler import Daily
+    from tests.test_scheduler import utc
+
+    settings, client = site
+    conn = state.connect(settings.paths.state)
+    state.add_subscriber(conn, "bob@example.org", name="Bob", source="cli")  # stays daily, in the newsletter's zone
+    send_day(settings, date(2026, 6, 24))  # Wednesday: both get the daily edition
+    saved = save(
+        client, preferences_url(settings, "ada@example.com"), name="Ada", timezone="Asia/Tokyo", frequency="weekly",
+        weekday="thursday",
+    )  # fmt: skip
+    assert saved.status_code == 200
+    outbox = tmp_path / "outbox"
+    runner = CliRunner()
+    for day in ("2026-06-24", "2026-06-25"):  # the next sends, written out instead of sent
+        runner.invoke(cli, ["--config", str(settings.source), "send", "--outbox", str(outbox), "--date", day])
+    files = sorted(p.name for p in outbox.iterdir())
+    assert files == ["2026-06-25_ada@example.com.eml", "2026-06-25_bob@example.org.eml"]  # June 24: both had theirs
+    digest = (outbox / "2026-06-25_ada@example.com.eml").read_text()
+    assert "your week, June 25" in digest  # her first digest starts after the daily she already had
+    assert "your week" not in (outbox / "2026-06-25_bob@example.org.eml").read_text()
+    smtp_server.handler.messages.clear()
+    Daily(settings).beat(utc(2026, 6, 24, 22, 5))  # 07:05 on Thursday in Tokyo; still Wednesday night in UTC
+    assert [(m.rcpt_tos[0], ".digest." in m.message["Message-ID"]) for m in smtp_server.handler.messages] == [
+        ("ada@example.com", True)
+    ]
