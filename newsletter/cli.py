@@ -537,6 +537,24 @@ def subscribers_add(ctx: Context, email: str, name: str, timezone: str, frequenc
     click.echo(f"added {entry.email} ({entry.frequency}){held}")
 
 
+@subscribers_group.command("set")
+@click.argument("email")
+@click.option("--name", help="The reader's name, for the greeting.")
+@click.option("--timezone", metavar="ZONE", help="IANA time zone ('' for newsletter.timezone).")
+@click.option("--frequency", type=FREQUENCY, help="Daily edition or weekly digest.")
+@click.option("--weekday", type=WEEKDAY, help="The weekly digest's day.")
+@pass_ctx
+def subscribers_set(
+    ctx: Context, email: str, name: str | None, timezone: str | None, frequency: str | None, weekday: str | None
+) -> None:
+    """Change the preferences of EMAIL, as the reader can on their preferences page."""
+    given = {"name": name, "timezone": timezone, "frequency": frequency, "weekday": weekday and weekday.lower()}
+    with synced_list(ctx) as conn:
+        entry = subscribers.change(conn, email, **{k: v for k, v in given.items() if v is not None})
+    when = f"weekly on {entry.weekday}" if entry.frequency == "weekly" else "daily"
+    click.echo(f"{entry.email}: {when}, zone {entry.timezone or 'of the newsletter'}, name {entry.name or '-'}")
+
+
 @subscribers_group.command("remove")
 @click.argument("email")
 @pass_ctx

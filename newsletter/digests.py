@@ -88,8 +88,13 @@ def plan_digests(
     tally: Tally,
     select: Callable[[Subscriber], bool] | None = None,
 ) -> int:
-    """Add the date's digest rows to the ledger (before the daily edition's, which then skips those readers)."""
+    """Add the date's digest rows to the ledger (before the daily edition's, which then skips those readers).
+
+    Reads the list as synced (``sync_csv`` runs first), so that a list without weekly readers is not read twice.
+    """
     ledger = DigestLedger(conn)
+    if not state.has_weekly_readers(conn) and not ledger.recent_digests(day, WINDOW):
+        return 0  # a list of daily readers only pays nothing more for digests
     recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally, None)
     if select:
         recipients = filter(select, recipients)

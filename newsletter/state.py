@@ -489,6 +489,11 @@ def update_preferences(
     return cursor.rowcount == 1
 
 
+def has_weekly_readers(conn: sqlite3.Connection) -> bool:
+    """True if anyone on the list reads weekly (whatever their status)."""
+    return conn.execute("SELECT 1 FROM subscribers WHERE frequency = 'weekly' LIMIT 1").fetchone() is not None
+
+
 def subscriber_counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
     """Count the list by (status, frequency)."""
     rows = conn.execute(

@@ -389,6 +389,25 @@ def add(
     return entry
 
 
+def change(conn: sqlite3.Connection, address: str, **choices: str) -> Entry:
+    """Change some of a subscriber's preferences (name, timezone, frequency, weekday), as the reader can on the web."""
+    email = _address(address)
+    with state.transaction(conn):
+        entry = find(conn, email)
+        if entry is None:
+            raise SubscriberError(f"{email} is not on the list (add it with 'newsletter subscribers add')")
+        values = {key: getattr(entry, key) for key in ("name", "timezone", "frequency", "weekday")}
+        values.update(choices)
+        values["name"] = " ".join(values["name"].split())
+        problem = preference_problem(**values)
+        if problem:
+            raise SubscriberError(f"{email}: {problem}")
+        state.update_preferences(conn, email, **values)
+        changed = find(conn, email)
+    assert changed is not None
+    return changed
+
+
 def remove(conn: sqlite3.Connection, address: str, how: str = "operator") -> bool:
     """Unsubscribe an address (kept on record, suppressed); False if it was suppressed already."""
     email = _address(address)

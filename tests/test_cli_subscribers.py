@@ -240,3 +240,14 @@ def test_a_send_syncs_the_csv_file_into_the_list(
     assert result.delivered == 2
     conn = state.connect(tmp_path / "var")
     assert state.find_subscriber(conn, "ada@example.com")["source"] == "csv"
+
+
+def test_set_changes_what_a_reader_can_change_on_the_web(run, tmp_path):
+    code, out, _ = run("subscribers", "set", "ada@example.com", "--frequency", "weekly", "--weekday", "Sunday")
+    assert (code, out) == (0, "ada@example.com: weekly on sunday, zone Europe/London, name Ada\n")
+    row = listed(run)["ada@example.com"]
+    assert (row["frequency"], row["weekday"], row["source"]) == ("weekly", "sunday", "csv")
+    code, _, err = run("subscribers", "set", "ada@example.com", "--timezone", "Mars/Base")
+    assert code == 1 and "time zone" in err
+    code, _, err = run("subscribers", "set", "nobody@example.com", "--name", "X")
+    assert code == 1 and "not on the list" in err
