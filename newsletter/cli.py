@@ -713,6 +713,7 @@ EXAMPLES: dict[str, str] = {
     "status": "newsletter status --date 2026-06-25",
     "subscribers": "newsletter subscribers list --status active",
     "subscribers add": "newsletter subscribers add ada@example.com --name Ada --timezone Europe/London",
+    "subscribers set": "newsletter subscribers set ada@example.com --frequency weekly --weekday sunday",
     "subscribers remove": "newsletter subscribers remove ada@example.com",
     "subscribers resubscribe": "newsletter subscribers resubscribe ada@example.com",
     "subscribers import": "newsletter subscribers import new-readers.csv",
