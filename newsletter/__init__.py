@@ -1,8 +1,21 @@
 """On This Day: a daily 'What happened today in history?' newsletter and feed publisher."""
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("onthisday-newsletter")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0.0.0"
+from functools import cache
+
+
+@cache
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # costs tens of ms: only when asked
+
+    try:
+        return version("onthisday-newsletter")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module 'newsletter' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from newsletter import __version__, config, editions, events, selection, state, subscribers
+from newsletter import config, events, selection, state, subscribers
 from newsletter.errors import NewsletterError
 from newsletter.ledger import DigestLedger, SQLiteLedger
 
@@ -114,7 +114,7 @@ def _state_file(ctx: click.Context) -> Path:
     help="TOML configuration file (default: $NEWSLETTER_CONFIG, then ./newsletter.toml).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
-@click.version_option(__version__, prog_name="newsletter")
+@click.version_option(package_name="onthisday-newsletter", prog_name="newsletter")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     """What happened today in history? Build, publish and send the daily edition."""
@@ -182,6 +182,8 @@ def _share(count: int, total: int) -> str:
 
 def load_edition(ctx: Context, day: date) -> selection.Edition:
     """Select the edition of a date, honouring editions already on record (read-only)."""
+    from newsletter import editions
+
     conn = state.connect_readonly(ctx.settings.paths.state)
     try:
         return editions.edition_for(day, ctx.settings, conn, record=False)
@@ -190,7 +192,7 @@ def load_edition(ctx: Context, day: date) -> selection.Edition:
             conn.close()
 
 
-class BarProgress(editions.Progress):
+class BarProgress:
     """A tqdm progress bar on a terminal; nothing otherwise."""
 
     def __init__(self) -> None:
@@ -230,6 +232,8 @@ def send_command(
     ctx: Context, day: date | None, dry_run: bool, to_address: str | None, outbox: Path | None, retry_failed: bool
 ) -> None:
     """Send the edition of a date to every subscriber, exactly once."""
+    from newsletter import editions  # imported here: premailer and the SMTP code load only when a command needs them
+
     settings = ctx.settings
     day = day or ctx.today()
     if dry_run or outbox:

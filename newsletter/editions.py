@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Protocol
 
 from newsletter import state
 from newsletter.config import Settings
 from newsletter.digests import dry_run_digests, plan_digests, renderer, send_digests
 from newsletter.errors import DeliveryError
-from newsletter.events import load_events
+from newsletter.events import load_day_events
 from newsletter.ledger import DigestLedger, SQLiteLedger
 from newsletter.mail.outbox import write_outbox
 from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
@@ -42,10 +43,12 @@ def edition_for(day: date, settings: Settings, conn: sqlite3.Connection | None, 
 
     ``conn`` is the state database (read-only when ``record`` is False) or None when there is
     none yet. A recorded edition keeps its event forever (see ``selection.choose_event``).
+    Only the files that can hold the day's edition are read (``events.day_files``).
     """
     folder = settings.paths.events
     history = state.recorded_editions(conn) if conn is not None else {}
-    edition = select_edition(day, load_events(folder), history, folder)
+    events = load_day_events(folder, day, [history[day]] if day in history else [])
+    edition = select_edition(day, events, history, folder)
     if record and conn is not None:
         state.record_edition(conn, day, edition.event.id)
     return edition
@@ -79,8 +82,8 @@ def edition_lock(state_dir: Path, day: date) -> Iterator[None]:
         handle.close()
 
 
-class Progress:
-    """What the CLI shows while sending; the default shows nothing."""
+class Progress(Protocol):
+    """What the CLI shows while sending (its progress bar)."""
 
     def start(self, total: int) -> None:
         """Called once with the number of messages due."""
@@ -90,6 +93,19 @@ class Progress:
 
     def close(self) -> None:
         """Called when the run ends."""
+
+
+class NoProgress:
+    """Show nothing."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def update(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def send_day(
@@ -103,7 +119,7 @@ def send_day(
     now: datetime | None = None,
 ) -> SendResult:
     """The real send of one edition: lock it, record it, render it, plan recipients, send."""
-    progress = progress or Progress()
+    progress = progress or NoProgress()
     conn = state.connect(settings.paths.state)
     try:
         with edition_lock(settings.paths.state, day), state.guarded(settings.paths.state):

@@ -7,7 +7,7 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -243,11 +243,25 @@ def event_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.md") if p.is_file() and not p.name.startswith((".", "_")))
 
 
-def load_library(folder: Path) -> Library:
-    """Parse every event file; a broken file is reported and skipped, never fatal."""
+def day_files(folder: Path, day: date, ids: Iterable[str] = ()) -> list[Path]:
+    """The files that can hold the edition of a date: its calendar day's (and February 29's on
+    February 28), and those named by ``ids`` (an edition on record); no file is read."""
+    prefixes = (f"{day.month:02d}-{day.day:02d}-", "02-29-") if (day.month, day.day) == (2, 28) else None
+    prefixes = prefixes or (f"{day.month:02d}-{day.day:02d}-",)
+    wanted = set(ids)
+    return [p for p in event_files(folder) if p.name.startswith(prefixes) or p.stem in wanted]
+
+
+def load_day_events(folder: Path, day: date, ids: Iterable[str] = ()) -> list[Event]:
+    """Return the usable events that can be the edition of a date, parsing only their files (see day_files)."""
+    return _usable(load_library(folder, day_files(folder, day, ids)))
+
+
+def load_library(folder: Path, files: Iterable[Path] | None = None) -> Library:
+    """Parse every event file (or only ``files``); a broken file is reported and skipped, never fatal."""
     library = Library(folder)
     seen: dict[tuple[Any, ...], Path] = {}
-    for path in event_files(folder):
+    for path in event_files(folder) if files is None else files:
         event, problems = parse_event_file(path)
         library.problems.extend(problems)
         if event is None:
@@ -262,7 +276,10 @@ def load_library(folder: Path) -> Library:
 
 def load_events(folder: Path) -> list[Event]:
     """Return the usable events of a folder, logging (not raising) what is broken."""
-    library = load_library(folder)
+    return _usable(load_library(folder))
+
+
+def _usable(library: Library) -> list[Event]:
     for problem in library.errors:
         log.warning("skipping %s", problem)
     return library.events

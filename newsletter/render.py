@@ -25,7 +25,6 @@ from pathlib import Path
 from urllib.parse import quote, urljoin
 
 import jinja2
-import premailer
 from markdown_it import MarkdownIt
 
 from newsletter import signing, tokens
@@ -324,6 +323,8 @@ def _text_context(edition: Edition, context: dict[str, object]) -> dict[str, obj
 
 def _inline(html: str, templates: Path) -> str:
     """Inline the stylesheet with premailer (offline); keep the @media rules in a <style> block."""
+    import premailer  # here, not at the top: commands that render nothing never load it (nor requests)
+
     css = (templates / "email" / "email.css").read_text(encoding="utf-8")
     media = (templates / "email" / "media.css").read_text(encoding="utf-8")
     inliner = premailer.Premailer(

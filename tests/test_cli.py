@@ -144,3 +144,14 @@ def test_bad_config_is_one_line_without_traceback(tmp_path):
     result = subprocess_newsletter("send", "--dry-run", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "'newsletter.timezone' is not an IANA time zone" in result.stderr
+
+
+def test_help_loads_neither_premailer_nor_requests():
+    """A quick start: a command imports only what it uses (premailer and requests cost ~150 ms)."""
+    code = (
+        "import sys; from click.testing import CliRunner; from newsletter.cli import cli; "
+        "CliRunner().invoke(cli, ['--help']); CliRunner().invoke(cli, ['send', '--help']); "
+        "print(sorted(m for m in ('premailer', 'requests', 'cssutils', 'smtplib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

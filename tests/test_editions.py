@@ -1,0 +1,41 @@
+"""edition_for: the one place that selects a day's edition and records it, reading only that day's files."""
+
+from datetime import date
+
+from newsletter import editions, events, state
+from newsletter.editions import edition_for
+from tests.conftest import event_text, write_event
+
+DAY = date(2026, 6, 25)
+
+
+def test_the_edition_is_recorded_and_never_changes_afterwards(settings, event_folder):
+    conn = state.connect(settings.paths.state)
+    first = edition_for(DAY, settings, conn)
+    assert state.recorded_editions(conn) == {DAY: first.event.id}
+    write_event(event_folder, "06-25-aaa-round-anniversary.md", event_text("A round one", "1976-06-25"))
+    assert edition_for(DAY, settings, conn).event.id == first.event.id
+
+
+def test_without_record_nothing_is_written(settings):
+    assert edition_for(DAY, settings, None, record=False).day == DAY
+    assert not settings.paths.state.exists()
+
+
+def test_a_dry_run_reads_only_the_event_files_of_its_own_day(settings, monkeypatch):
+    read = []
+    original = events.parse_event_file
+
+    def spy(path):
+        read.append(path.name)
+        return original(path)
+
+    monkeypatch.setattr(events, "parse_event_file", spy)
+    editions.dry_run(settings, DAY)
+    assert sorted(read) == ["06-25-korean-war-begins.md", "06-25-syrian-defection.md"]
+
+
+def test_february_28_of_a_common_year_also_reads_february_29(settings):
+    files = events.day_files(settings.paths.events, date(2027, 2, 28))
+    assert [p.name for p in files] == ["02-29-leap-day-event.md"]
+    assert edition_for(date(2027, 2, 28), settings, None).event.id == "02-29-leap-day-event"
