@@ -37,53 +37,20 @@ class Due:
 
 
 class Ledger(Protocol):
-    """What delivery needs from a ledger; SQLiteLedger implements it."""
+    """What the sending engine needs from a ledger; SQLiteLedger (and DigestLedger) implement it."""
 
+    @property
+    def path(self) -> Path: ...
     def plan(self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str]) -> int: ...
     def due(self, day: date, *, only_failed: bool = False) -> Iterator[Due]: ...
     def finished(self, day: date) -> frozenset[str]: ...
-    def mark_delivered(self, day: date, email: str, reply: str) -> None: ...
+    def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None: ...
     def mark_retry(self, day: date, email: str, reply: str) -> None: ...
     def mark_failed(self, day: date, email: str, reply: str) -> None: ...
-    def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None:
-        """Record several acceptances (address, reply) in one transaction."""
-        if not accepted:
-            return
-        now, when = utcnow_text(), day.isoformat()
-        rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
-        with self._lock, transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
-                rows,
-            )
-
-    def bounce(self, day: date, email: str, reply: str) -> None:
-        """Record a permanent rejection and suppress the address, in one transaction."""
-        with self._lock, transaction(self.conn):
-            self._write(day, email, "bounced", reply)
-            suppress(self.conn, email, "bounced", reply)
-
-    def mark_unsendable(self, day: date, email: str, reason: str) -> None:
-        """Record an address this server cannot take (never sent, not suppressed): final, with the reason."""
-        with self._lock:
-            self.conn.execute(
-                "UPDATE deliveries SET status = 'skipped', last_reply = ?, updated_at = ? WHERE day = ? AND email = ?",
-                (reason[:500], utcnow_text(), day.isoformat(), email.lower()),
-            )
-
-    def mark_bounced(self, day: date, email: str, reply: str) -> None: ...
-    def unsent(self, day: date) -> int:
-        """Count the rows still pending (suppressed addresses aside, which are never sent)."""
-        with self._lock:
-            row = self.conn.execute(
-                "SELECT COUNT(*) FROM deliveries d WHERE day = ? AND status = 'pending' "
-                "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email)",
-                (day.isoformat(),),
-            ).fetchone()
-        return int(row[0])
-
+    def bounce(self, day: date, email: str, reply: str) -> None: ...
+    def mark_unsendable(self, day: date, email: str, reason: str) -> None: ...
+    def unsent(self, day: date) -> int: ...
     def counts(self, day: date) -> dict[str, int]: ...
-    def editions(self) -> list[tuple[date, dict[str, int]]]: ...
 
 
 class SQLiteLedger:

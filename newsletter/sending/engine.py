@@ -29,7 +29,7 @@ from datetime import date
 
 from newsletter.config import Settings
 from newsletter.errors import DeliveryError, RelayDown
-from newsletter.ledger import Due, SQLiteLedger
+from newsletter.ledger import Due, Ledger
 from newsletter.mail.transport import Abort, CannotConnect, Connection, Dropped, Permanent, Temporary, Unsendable
 from newsletter.mail.wire import Wire
 from newsletter.render import RenderedEdition
@@ -189,7 +189,7 @@ class Acceptances:
     connection is ever sent but not yet recorded.
     """
 
-    def __init__(self, ledger: SQLiteLedger, day: date) -> None:
+    def __init__(self, ledger: Ledger, day: date) -> None:
         self.ledger, self.day = ledger, day
         self.held: list[tuple[str, str]] = []
         self.added = 0
@@ -226,7 +226,7 @@ class Run:
 
     settings: Settings
     rendered: RenderedEdition
-    ledger: SQLiteLedger
+    ledger: Ledger
     queue: WorkQueue
     relay: Relay
     throttle: Throttle
@@ -265,7 +265,7 @@ class Run:
 def send_edition(
     settings: Settings,
     rendered: RenderedEdition,
-    ledger: SQLiteLedger,
+    ledger: Ledger,
     *,
     only_failed: bool = False,
     stop: threading.Event | None = None,
