@@ -134,8 +134,12 @@ def dry_run_digests(
     render: Callable[[date], RenderedEdition],
     *,
     outbox: Path | None = None,
-) -> int:
-    """Count (or write to an outbox) the digests a send of ``day`` would make, changing nothing."""
+) -> tuple[int, frozenset[str]]:
+    """Count (or write to an outbox) the digests a send of ``day`` would make, changing nothing.
+
+    Also return their readers' addresses (lower case): a reader back to daily who gets a
+    catch-up digest gets no daily edition that date.
+    """
     if conn is None:
         readers = [
             (s, first_day(day, None))
@@ -148,12 +152,14 @@ def dry_run_digests(
             day, iter_recipients(settings.paths.subscribers, conn, Tally(), None), DigestLedger(conn)
         )
         readers = [(s, since) for s, since in found if s.key not in done]
+    keys = frozenset(s.key for s, _ in readers)
     if outbox is None:
-        return len(readers)
+        return len(readers), keys
     by_variant: dict[date, list[Subscriber]] = {}
     for subscriber, since in readers:
         by_variant.setdefault(since, []).append(subscriber)
-    return sum(write_outbox(render(since), group, outbox) for since, group in sorted(by_variant.items()))
+    written = sum(write_outbox(render(since), group, outbox) for since, group in sorted(by_variant.items()))
+    return written, keys
 
 
 def renderer(

@@ -201,15 +201,15 @@ def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> Dry
     try:
         edition = edition_for(day, settings, conn, record=False)
         rendered = render_edition(edition, settings, allow_insecure_secret=True)
-        tally = Tally()
-        recipients = iter_recipients(settings.paths.subscribers, conn, tally)
-        done = SQLiteLedger(conn).finished(day) if conn else frozenset()
-        pending = (s for s in recipients if s.key not in done)
-        count = write_outbox(rendered, pending, outbox) if outbox else sum(1 for _ in pending)
         render = renderer(
             settings, day, lambda d: edition_for(d, settings, conn, record=False), allow_insecure_secret=True
         )
-        digests = dry_run_digests(settings, day, conn, render, outbox=outbox)
+        digests, digest_keys = dry_run_digests(settings, day, conn, render, outbox=outbox)
+        tally = Tally()
+        recipients = iter_recipients(settings.paths.subscribers, conn, tally)
+        done = SQLiteLedger(conn).finished(day) if conn else frozenset()
+        pending = (s for s in recipients if s.key not in done and s.key not in digest_keys)
+        count = write_outbox(rendered, pending, outbox) if outbox else sum(1 for _ in pending)
         return DryRun(edition, rendered, count, tally, len(done), digests)
     finally:
         if conn:

@@ -4,7 +4,9 @@ The ``schedule`` library is only the heartbeat. It keeps no state across restart
 catch up missed runs and does not catch job exceptions, so the decision of what to send is
 ours: on every beat, each reader's zone is checked against ``send_time`` and the catch-up
 window, and the ledger (one row per local date and subscriber) makes sending idempotent.
-A restart can therefore neither skip nor repeat a delivery.
+A restart can therefore neither skip nor repeat a delivery. Weekly readers' zones count
+too: on their weekday the same send of their local date mails them the weekly digest
+(``digests``) instead of the edition.
 """
 
 from __future__ import annotations

@@ -475,6 +475,15 @@ def subscriber_rows_for(conn: sqlite3.Connection, emails: list[str]) -> dict[str
     return {row["email"]: row for row in conn.execute(SELECT_SUBSCRIBERS + f" WHERE s.email IN ({marks})", emails)}
 
 
+def rows_ruled_by_list(conn: sqlite3.Connection, emails: list[str]) -> list[str]:
+    """Which of these addresses (lower case, at most 500) the list rules: not from the CSV, or edited since."""
+    marks = ",".join("?" * len(emails))
+    rows = conn.execute(
+        f"SELECT email FROM subscribers WHERE email IN ({marks}) AND (source != 'csv' OR edited_at != '')", emails
+    )
+    return [row[0] for row in rows]
+
+
 def subscriber_rows_not_from_csv(conn: sqlite3.Connection) -> Iterator[sqlite3.Row]:
     """Stream the rows added on the web, by the CLI or by an import (not by paths.subscribers)."""
     yield from conn.execute(SELECT_SUBSCRIBERS + " WHERE s.source != 'csv' ORDER BY s.created_at, s.email")

@@ -264,11 +264,11 @@ def iter_recipients(
 def _csv_merged(rows: Iterable[Subscriber], conn: sqlite3.Connection | None) -> Iterator[tuple[Subscriber, int]]:
     """The CSV's rows, each replaced by the list's row where the list rules it (web, CLI, import, or edited)."""
     for chunk in _chunks(rows, 500):
-        found = state.subscriber_rows_for(conn, sorted({s.key for s in chunk})) if conn else {}
+        ruled = state.rows_ruled_by_list(conn, sorted({s.key for s in chunk})) if conn else []
+        found = state.subscriber_rows_for(conn, ruled) if ruled else {}
         for subscriber in chunk:
             row = found.get(subscriber.key)
-            ruled_by_file = row is None or (row["source"] == "csv" and not row["edited_at"])
-            yield (subscriber if ruled_by_file else subscriber_of(row)), 1
+            yield (subscriber if row is None else subscriber_of(row)), 1
 
 
 def _rest_of_list(conn: sqlite3.Connection | None) -> Iterator[tuple[Subscriber, int]]:

@@ -169,6 +169,13 @@ def test_switching_back_to_daily_catches_up_on_the_days_since_the_last_digest(si
     assert stories(catch_up) == (["06/29", "06/30"], "Story of July 1")
 
 
+def test_the_dry_run_counts_a_catch_up_digest_instead_of_the_daily_edition(site, smtp_server):
+    send_day(site, SUNDAY)
+    set_frequency(site, "weekly@example.com", "daily")
+    out = CliRunner().invoke(cli, ["--config", str(site.source), "send", "--dry-run", "--date", "2026-07-01"]).stdout
+    assert "recipients: 1 (would be sent; 0 already done)" in out and "weekly digests: 1 (would be sent)" in out
+
+
 def test_a_digest_goes_exactly_once_across_a_kill_9_and_a_rerun(make_settings, library, tmp_path, smtp_server):
     rows = "".join(f"reader{i}@example.com,Reader {i},,weekly,sunday\n" for i in range(60))
     csv = tmp_path / "weekly.csv"
