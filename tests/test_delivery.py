@@ -319,7 +319,7 @@ def test_kill_9_in_the_middle_then_rerun_loses_no_one(smtp_server, make_sender, 
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
-    before = len(smtp_server.handler.messages)
+    before = settled_count(smtp_server.handler)
     assert 15 <= before < 60, "the kill must land in the middle of the send"
     smtp_server.handler.delay = 0
     result = send_day(settings, DAY)
@@ -330,6 +330,17 @@ def test_kill_9_in_the_middle_then_rerun_loses_no_one(smtp_server, make_sender, 
     twice = len(received) - len(set(received))
     assert twice <= 2, "only messages in flight at the crash (one per connection) may be sent twice"
     assert result.delivered == 60 - before + twice
+
+
+def settled_count(handler, quiet: float = 0.3) -> int:
+    """Return the server's message count once it stops changing: a message whose data arrived
+    before the kill is still being handled (the handler's delay) after the client is gone."""
+    count = len(handler.messages)
+    while True:
+        time.sleep(quiet)
+        if len(handler.messages) == count:
+            return count
+        count = len(handler.messages)
 
 
 class CountingSMTP(smtplib.SMTP):
