@@ -1,16 +1,49 @@
-"""The web archive: an index of recent editions and one page per edition, as static HTML."""
+"""The web archive as static HTML: edition pages, a page for every calendar day, the calendar, monthly indexes.
+
+Every page carries the same head (description, canonical link, Open Graph and Twitter card
+tags, favicon) and links only to pages that exist: day pages for all 366 days, and the
+editions that have been published.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import calendar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from xml.etree import ElementTree
 
 import jinja2
+from markupsafe import Markup
 
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
-from newsletter.render import archive_url, markdown_html, years_ago
+from newsletter.events import Event
+from newsletter.render import archive_url, day_url, markdown_html, source_links, text_direction, years_ago
 from newsletter.selection import Edition
+
+LEAP_YEAR = 2024  # any leap year: its calendar has all 366 days in order
+CALENDAR_DAYS: tuple[tuple[int, int], ...] = tuple(
+    (d.month, d.day) for d in (date.fromordinal(date(LEAP_YEAR, 1, 1).toordinal() + n) for n in range(366))
+)
+FAVICON = "favicon.svg"
+
+
+@dataclass(frozen=True)
+class Month:
+    """One month of the archive: its label and where its page is."""
+
+    year: int
+    month: int
+
+    @property
+    def label(self) -> str:
+        return f"{calendar.month_name[self.month]} {self.year}"
+
+    @property
+    def href(self) -> str:
+        return f"{self.year:04d}/{self.month:02d}/"
 
 
 def environment(templates: Path) -> jinja2.Environment:
@@ -25,36 +58,161 @@ def environment(templates: Path) -> jinja2.Environment:
     )
 
 
-def edition_page(env: jinja2.Environment, settings: Settings, edition: Edition, subject: str) -> str:
-    """Render the archive page of one edition: the same article as the email."""
-    event = edition.event
-    sections = [
-        {"heading": s.heading, "html": jinja2.utils.markupsafe.Markup(markdown_html(s.text))} for s in event.sections
-    ]
+def neighbours(month: int, day: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Return the calendar days before and after one, wrapping at the year's end (Feb 29 included)."""
+    index = CALENDAR_DAYS.index((month, day))
+    return CALENDAR_DAYS[index - 1], CALENDAR_DAYS[(index + 1) % len(CALENDAR_DAYS)]
+
+
+def day_label(month: int, day: int) -> str:
+    return f"{calendar.month_name[month]} {day}"
+
+
+def article(event: Event) -> dict[str, object]:
+    """What a page needs to show one article: sections as HTML, sources as links."""
+    return {
+        "event": event,
+        "anchor": event.id,
+        "sections": [{"heading": s.heading, "html": Markup(markdown_html(s.text))} for s in event.sections],
+        "sources": source_links(event),
+    }
+
+
+def edition_page(
+    env: jinja2.Environment, settings: Settings, edition: Edition, subject: str, others: Sequence[Event] = ()
+) -> str:
+    """Render the archive page of one edition: the same article as the email, and the day's other articles."""
+    event, day = edition.event, edition.day
+    url = archive_url(settings, day)
     return env.get_template("web/edition.html").render(
         site=_site(settings),
+        page=_page(subject, event.summary, url, "article"),
         edition=edition,
-        event=event,
-        subject=subject,
-        short_date=edition.day.strftime("%b ") + str(edition.day.day),
-        years_ago=years_ago(event, edition.day),
-        sections=sections,
-        url=archive_url(settings, edition.day),
+        article=article(event),
+        years_ago=years_ago(event, day),
+        day_href=day_url(settings, day.month, day.day),
+        others=[{"event": e, "href": day_url(settings, day.month, day.day) + f"#{e.id}"} for e in others],
+        month=Month(day.year, day.month),
     )
 
 
-def index_page(env: jinja2.Environment, settings: Settings, editions: Sequence[Edition]) -> str:
-    """Render the index: the recent editions, newest first, with links to both feeds."""
-    items = [{"edition": e, "url": archive_url(settings, e.day), "href": f"{e.day:%Y/%m/%d}/"} for e in editions]
-    return env.get_template("web/index.html").render(site=_site(settings), items=items)
+def day_page(env: jinja2.Environment, settings: Settings, month: int, day: int, events: Sequence[Event]) -> str:
+    """Render the page of one calendar day: every article of that date, and links to the days around it."""
+    before, after = neighbours(month, day)
+    label = day_label(month, day)
+    titles = "; ".join(f"{e.year_label}: {e.title}" for e in events)
+    description = f"What happened on {label} in history. {titles}" if events else f"What happened on {label}."
+    return env.get_template("web/day.html").render(
+        site=_site(settings),
+        page=_page(f"{label} in history", description[:300], day_url(settings, month, day), "website"),
+        label=label,
+        month_name=calendar.month_name[month],
+        day=day,
+        articles=[article(e) for e in events],
+        previous={"label": day_label(*before), "href": day_url(settings, *before)},
+        next={"label": day_label(*after), "href": day_url(settings, *after)},
+    )
+
+
+def calendar_page(env: jinja2.Environment, settings: Settings, titles: Mapping[tuple[int, int], str]) -> str:
+    """Render the calendar of the year: every day, linked to its page, month by month."""
+    months = [
+        {
+            "name": calendar.month_name[m],
+            "days": [
+                {"day": d, "href": day_url(settings, m, d), "title": titles.get((m, d), "")}
+                for mm, d in CALENDAR_DAYS
+                if mm == m
+            ],
+        }
+        for m in range(1, 13)
+    ]
+    url = settings.newsletter.base_url + "days/"
+    description = "Every day of the year, each with the stories from history that happened on it."
+    return env.get_template("web/calendar.html").render(
+        site=_site(settings), page=_page("The calendar of history", description, url, "website"), months=months
+    )
+
+
+def index_page(
+    env: jinja2.Environment, settings: Settings, editions: Sequence[Edition], months: Sequence[Month]
+) -> str:
+    """Render the home page: the latest month's editions, newest first, and every month of the archive."""
+    description = "One story from history for every day of the year, by email or feed."
+    return env.get_template("web/index.html").render(
+        site=_site(settings),
+        page=_page(settings.newsletter.title, description, settings.newsletter.base_url, "website"),
+        heading="Recent editions",
+        items=_items(settings, editions),
+        months=months,
+        current=None,
+    )
+
+
+def month_page(
+    env: jinja2.Environment, settings: Settings, month: Month, editions: Sequence[Edition], months: Sequence[Month]
+) -> str:
+    """Render one month of the archive: every edition of that month, newest first."""
+    url = settings.newsletter.base_url + month.href
+    return env.get_template("web/index.html").render(
+        site=_site(settings),
+        page=_page(f"Editions of {month.label}", f"Every edition sent in {month.label}.", url, "website"),
+        heading=f"Editions of {month.label}",
+        items=_items(settings, editions),
+        months=months,
+        current=month,
+    )
+
+
+def _items(settings: Settings, editions: Sequence[Edition]) -> list[dict[str, object]]:
+    return [{"edition": e, "url": archive_url(settings, e.day)} for e in editions]
+
+
+def sitemap(urls: Sequence[str]) -> bytes:
+    """Return a sitemaps.org XML file listing the given absolute URLs."""
+    namespace = "http://www.sitemaps.org/schemas/sitemap/0.9"
+    root = ElementTree.Element("urlset", xmlns=namespace)
+    for url in urls:
+        ElementTree.SubElement(ElementTree.SubElement(root, "url"), "loc").text = url
+    ElementTree.indent(root)
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def robots(settings: Settings) -> str:
+    """Return robots.txt: everything public may be crawled, the pages behind personal links may not."""
+    path = _path_of(settings.newsletter.base_url)
+    lines = ["User-agent: *", "Allow: " + path]
+    lines += [f"Disallow: {path}{name}" for name in ("unsubscribe", "confirm", "subscribe", "preferences")]
+    lines.append(f"Sitemap: {settings.newsletter.base_url}sitemap.xml")
+    return "\n".join(lines) + "\n"
+
+
+def favicon(templates: Path) -> bytes:
+    """Return the site icon (an SVG date badge) shipped with the templates."""
+    return (templates / "web" / FAVICON).read_bytes()
+
+
+def _path_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path or "/"
+
+
+def _page(title: str, description: str, url: str, kind: str) -> dict[str, str]:
+    """The head of one page: title, description and canonical URL, also used for Open Graph and Twitter cards."""
+    return {"title": title, "description": " ".join(description.split()), "url": url, "type": kind}
 
 
 def _site(settings: Settings) -> dict[str, str]:
     base = settings.newsletter.base_url
+    language = settings.newsletter.language
     return {
         "title": settings.newsletter.title,
         "base_url": base,
-        "language": settings.newsletter.language,
+        "language": language,
+        "dir": text_direction(language),
         "rss": base + "rss.xml",
         "atom": base + "atom.xml",
+        "favicon": base + FAVICON,
+        "calendar": base + "days/",
     }

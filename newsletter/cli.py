@@ -249,19 +249,42 @@ def send_command(
         click.echo(f"recipients: {report.recipients} ({verb}; {report.already} already done)")
         click.echo(f"weekly digests: {report.digests} ({verb})")
         click.echo(report.tally.skipped_summary())
+        _warn_postal_address(settings)
         return
+    _publish_page(settings, day)  # before anyone is mailed: "View in your browser" must never 404
     if to_address:
         reply = editions.send_test_copy(settings, day, to_address)
         click.echo(f"test copy of {day.isoformat()} sent to {to_address}: {reply}")
+        _warn_postal_address(settings)
         return
     result = editions.send_day(settings, day, retry_failed=retry_failed, progress=BarProgress())
     click.echo(result.summary())
+    _warn_postal_address(settings)
     if not result.complete:
         click.echo(
             f"Error: {result.failed} recipients failed temporarily; run 'newsletter send --retry-failed --date {day.isoformat()}' later",
             err=True,
         )
         sys.exit(3)
+
+
+def _warn_postal_address(settings: config.Settings) -> None:
+    if not settings.newsletter.postal_address:
+        click.echo(
+            "warning: newsletter.postal_address is empty, so the email footer has no postal address "
+            "(the US CAN-SPAM Act requires one in commercial email); set it in the configuration",
+            err=True,
+        )
+
+
+def _publish_page(settings: config.Settings, day: date) -> None:
+    from newsletter import feeds
+
+    conn = state.connect(settings.paths.state)
+    try:
+        feeds.publish_edition_page(settings, day, conn)
+    finally:
+        conn.close()
 
 
 @cli.command("status")

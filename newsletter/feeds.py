@@ -6,6 +6,8 @@ derived from the editions, never from the clock, so a rebuild with nothing new i
 
 from __future__ import annotations
 
+import calendar
+import hashlib
 import logging
 import os
 import sqlite3
@@ -14,17 +16,22 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
+import jinja2
 from feedgen.feed import FeedGenerator
 
-from newsletter import __version__, archive
+from newsletter import __version__, archive, state
 from newsletter.config import Settings
 from newsletter.editions import edition_for
 from newsletter.errors import NewsletterError, NoEventError
-from newsletter.render import archive_url, article_html, subject_for
-from newsletter.selection import Edition
+from newsletter.events import Event, load_events
+from newsletter.render import archive_url, article_html, day_url, subject_for
+from newsletter.selection import Edition, choose_event
 
 log = logging.getLogger(__name__)
+EARLIEST_ZONE = ZoneInfo("Etc/GMT-14")  # UTC+14 (Kiritimati): the first place on Earth where a date begins
+DIGEST_FILE = "site.sha256"  # in paths.state: what the day pages were last built from
 
 
 @dataclass
@@ -120,40 +127,204 @@ def feed_files(settings: Settings, editions: list[Edition]) -> dict[str, bytes]:
 
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write a file atomically (temporary file, fsync, rename) unless it already holds these bytes."""
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return bool(write_files({path: data}))
+
+
+def write_files(files: dict[Path, bytes]) -> list[Path]:
+    """Write each file whose bytes change, atomically; return those written.
+
+    Every new version goes to a temporary file beside its target first; one sync makes them
+    all durable (one journal commit instead of one fsync per page: a rebuild writes ~400),
+    and only then is each renamed over its target. A crash leaves old or new pages, never half of one.
+    """
+    changed = {p: d for p, d in files.items() if not (p.is_file() and p.read_bytes() == d)}
+    temporaries: dict[Path, str] = {}
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return True
+        for path, data in changed.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporaries[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.chmod(temporaries[path], 0o644)
+        if len(changed) == 1:
+            _fsync(temporaries[next(iter(changed))])
+        elif changed:
+            os.sync()
+        for path in changed:
+            os.replace(temporaries.pop(path), path)
+    finally:
+        for temporary in temporaries.values():
+            Path(temporary).unlink(missing_ok=True)
+    return list(changed)
+
+
+def _fsync(name: str) -> None:
+    with open(name, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def publish(settings: Settings, day: date, conn: sqlite3.Connection, *, now: datetime | None = None) -> PublishResult:
-    """Write rss.xml, atom.xml, index.html and one page per edition of the window into paths.public."""
+    """Write the feeds, the home page, the monthly indexes, the edition pages, the day pages and the calendar.
+
+    The feeds and indexes hold an edition from its send_time in newsletter.timezone on; its
+    own page is written as soon as send_time has come anywhere on Earth (see page_horizon),
+    so the "View in your browser" link works for the first reader of the edition. Day pages
+    and the calendar are rebuilt only when the library, the templates or the settings change.
+    """
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     if now is not None and day > now.astimezone(settings.zone).date():
         raise NewsletterError(
             f"{day.isoformat()} is in the future in {settings.newsletter.timezone}; feeds never hold future editions"
         )
+    events = load_events(settings.paths.events)
     editions, missing = window(settings, conn, day, now)
     result = PublishResult(editions=editions, missing=missing)
+    early = early_editions(settings, conn, day, now)
     env = archive.environment(settings.paths.templates)
+    files = site_files(settings, env, conn, day, now, editions, events)
+    for edition in [*editions, *early]:
+        files[_edition_path(settings, edition.day)] = _edition_bytes(env, settings, edition, events)
+    digest = site_digest(settings, events, day.year)
+    if _stored_digest(settings) != digest or not (settings.paths.public / "days" / "index.html").is_file():
+        files.update(library_files(settings, env, conn, day, now, events))
+    result.written = write_files(files)
+    written = set(result.written)
+    result.unchanged = [p for p in files if p not in written]
+    write_if_changed(settings.paths.state / DIGEST_FILE, digest.encode("ascii"))
+    return result
+
+
+def publish_edition_page(settings: Settings, day: date, conn: sqlite3.Connection) -> Path:
+    """Record and write the page of one edition (before it is sent), whatever its date; return its path."""
+    edition = edition_for(day, settings, conn)
+    events = load_events(settings.paths.events)
+    path = _edition_path(settings, day)
+    write_if_changed(path, _edition_bytes(archive.environment(settings.paths.templates), settings, edition, events))
+    return path
+
+
+def page_horizon(settings: Settings, now: datetime) -> date:
+    """The latest date whose send_time has come somewhere on Earth (the first zone to reach it is UTC+14)."""
+    local = now.astimezone(EARLIEST_ZONE)
+    hour, minute = map(int, settings.newsletter.send_time.split(":"))
+    return local.date() if (local.hour, local.minute) >= (hour, minute) else local.date() - timedelta(days=1)
+
+
+def early_editions(settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None) -> list[Edition]:
+    """The editions after ``day`` that some reader's morning has already reached: their pages go out now."""
+    if now is None:
+        return []
+    found = []
+    current = day + timedelta(days=1)
+    while current <= page_horizon(settings, now):
+        try:
+            found.append(edition_for(current, settings, conn))
+        except NoEventError as exc:
+            log.warning("no edition for %s: %s", current, exc)
+        current += timedelta(days=1)
+    return found
+
+
+def sent_editions(
+    settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None, events: list[Event]
+) -> list[Edition]:
+    """Every edition on record up to ``day`` and past its time, newest first (one whose event left the library is left out)."""
+    by_id = {e.id: e for e in events}
+    history = state.recorded_editions(conn)
+    found = [
+        Edition(d, by_id[i])
+        for d, i in history.items()
+        if d <= day and i in by_id and (now is None or published_at(settings, d) <= now)
+    ]
+    return sorted(found, key=lambda e: e.day, reverse=True)
+
+
+def site_files(
+    settings: Settings,
+    env: jinja2.Environment,
+    conn: sqlite3.Connection,
+    day: date,
+    now: datetime | None,
+    editions: list[Edition],
+    events: list[Event],
+) -> dict[Path, bytes]:
+    """The files that change with each new edition: feeds, home page, monthly indexes, sitemap, robots, favicon."""
     public = settings.paths.public
     files: dict[Path, bytes] = {public / name: data for name, data in feed_files(settings, editions).items()}
-    files[public / "index.html"] = archive.index_page(env, settings, editions).encode("utf-8")
-    for edition in editions:
-        page = archive.edition_page(env, settings, edition, subject_for(edition, settings))
-        files[public / f"{edition.day:%Y/%m/%d}" / "index.html"] = page.encode("utf-8")
-    for path, data in files.items():
-        (result.written if write_if_changed(path, data) else result.unchanged).append(path)
-    return result
+    every = sent_editions(settings, conn, day, now, events)
+    months = sorted(
+        {archive.Month(e.day.year, e.day.month) for e in every}, key=lambda m: (m.year, m.month), reverse=True
+    )
+    files[public / "index.html"] = archive.index_page(env, settings, editions, months).encode("utf-8")
+    for month in months:
+        chosen = [e for e in every if (e.day.year, e.day.month) == (month.year, month.month)]
+        files[public / month.href / "index.html"] = archive.month_page(env, settings, month, chosen, months).encode()
+    base = settings.newsletter.base_url
+    urls = [base, base + "days/"] + [day_url(settings, m, d) for m, d in archive.CALENDAR_DAYS]
+    urls += [base + m.href for m in months] + [archive_url(settings, e.day) for e in every]
+    files[public / "sitemap.xml"] = archive.sitemap(urls)
+    files[public / "robots.txt"] = archive.robots(settings).encode("utf-8")
+    files[public / archive.FAVICON] = archive.favicon(settings.paths.templates)
+    return files
+
+
+def library_files(
+    settings: Settings,
+    env: jinja2.Environment,
+    conn: sqlite3.Connection,
+    day: date,
+    now: datetime | None,
+    events: list[Event],
+) -> dict[Path, bytes]:
+    """The files that change only with the library: 366 day pages, the calendar, and every edition page."""
+    public = settings.paths.public
+    history = state.recorded_editions(conn)
+    files: dict[Path, bytes] = {}
+    titles: dict[tuple[int, int], str] = {}
+    for month, number in archive.CALENDAR_DAYS:
+        ordered = day_articles(month, number, day.year, events, history)
+        titles[(month, number)] = "; ".join(e.title for e in ordered)
+        files[public / "days" / f"{month:02d}-{number:02d}" / "index.html"] = archive.day_page(
+            env, settings, month, number, ordered
+        ).encode("utf-8")
+    files[public / "days" / "index.html"] = archive.calendar_page(env, settings, titles).encode("utf-8")
+    for edition in sent_editions(settings, conn, day, now, events):
+        files[_edition_path(settings, edition.day)] = _edition_bytes(env, settings, edition, events)
+    return files
+
+
+def day_articles(month: int, number: int, year: int, events: list[Event], history: dict[date, str]) -> list[Event]:
+    """Every article of a calendar day, the one chosen for that day this year first (Feb 29: the next leap year)."""
+    own = sorted((e for e in events if (e.month, e.day) == (month, number)), key=lambda e: e.id)
+    if len(own) < 2:
+        return own
+    while (month, number) == (2, 29) and not calendar.isleap(year):
+        year += 1
+    first = choose_event(date(year, month, number), own, history)
+    return [first, *(e for e in own if e is not first)]
+
+
+def site_digest(settings: Settings, events: list[Event], year: int) -> str:
+    """A fingerprint of everything the day pages depend on: the library, the templates, the settings, the year."""
+    digest = hashlib.sha256(f"{__version__}\0{year}\0{settings.newsletter!r}\0{settings.sender!r}".encode())
+    for event in sorted(events, key=lambda e: e.id):
+        digest.update(repr(event).encode())
+    for path in sorted(settings.paths.templates.joinpath("web").glob("*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _stored_digest(settings: Settings) -> str:
+    path = settings.paths.state / DIGEST_FILE
+    return path.read_text(encoding="ascii") if path.is_file() else ""
+
+
+def _edition_path(settings: Settings, day: date) -> Path:
+    return settings.paths.public / f"{day:%Y/%m/%d}" / "index.html"
+
+
+def _edition_bytes(env: jinja2.Environment, settings: Settings, edition: Edition, events: list[Event]) -> bytes:
+    others = [e for e in events if (e.month, e.day) == (edition.day.month, edition.day.day) and e is not edition.event]
+    others.sort(key=lambda e: e.id)
+    return archive.edition_page(env, settings, edition, subject_for(edition, settings), others).encode("utf-8")

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 HTML_LIMIT = 100 * 1024  # Gmail clips a message body above about 102 KB, hiding the footer
 TEXT_WIDTH = 78
+WIKIPEDIA = "https://en.wikipedia.org/wiki/"
+RTL_LANGUAGES = ("ar", "fa", "he", "ur", "yi", "ps", "sd", "ug", "dv", "ckb")
 SAMPLE = Subscriber("reader@example.com", "Sample Reader")
 
 # Placeholders: ASCII words that survive every step (Jinja escaping, premailer, 8bit MIME).
@@ -112,6 +114,38 @@ def list_id(settings: Settings) -> str:
 def archive_url(settings: Settings, day: date) -> str:
     """Return the public URL of an edition's archive page."""
     return urljoin(settings.newsletter.base_url, f"{day:%Y/%m/%d}/")
+
+
+def day_url(settings: Settings, month: int, day: int) -> str:
+    """Return the public URL of a calendar day's page (every article of that date)."""
+    return urljoin(settings.newsletter.base_url, f"days/{month:02d}-{day:02d}/")
+
+
+@dataclass(frozen=True)
+class SourceLink:
+    """An event's source as a reader sees it: its text, and where to read it when we know."""
+
+    label: str
+    url: str = ""
+
+
+def source_link(source: str) -> SourceLink:
+    """Turn a source line into a link: "Wikipedia: X" links to that article, a URL to itself."""
+    if source.startswith(("https://", "http://")):
+        return SourceLink(source, source)
+    site, _, title = source.partition(":")
+    if site.strip().lower() == "wikipedia" and title.strip():
+        return SourceLink(source, WIKIPEDIA + quote(title.strip().replace(" ", "_"), safe="()_,'-.:"))
+    return SourceLink(source)
+
+
+def source_links(event: Event) -> list[SourceLink]:
+    return [source_link(s) for s in event.sources]
+
+
+def text_direction(language: str) -> str:
+    """Return "rtl" for the languages written right to left, else "ltr"."""
+    return "rtl" if language.split("-")[0].lower() in RTL_LANGUAGES else "ltr"
 
 
 def unsubscribe_base(settings: Settings) -> str:

@@ -155,3 +155,17 @@ def test_help_loads_neither_premailer_nor_requests():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_send_warns_when_the_postal_address_is_empty(run):
+    code, _, err = run("send", "--dry-run", "--date", "2026-06-24")
+    assert code == 0
+    assert "warning: newsletter.postal_address is empty, so the email footer has no postal address" in err
+
+
+def test_send_does_not_warn_when_the_postal_address_is_set(make_settings, event_folder, tmp_path, monkeypatch):
+    make_settings('[newsletter]\npostal_address = "1 Main Street, Springfield"\n', events=event_folder)
+    monkeypatch.setenv("NEWSLETTER_SECRET", "test-secret")
+    config = ["--config", str(tmp_path / "newsletter.toml")]
+    result = CliRunner().invoke(cli, [*config, "send", "--dry-run", "--date", "2026-06-24"], catch_exceptions=False)
+    assert result.exit_code == 0 and "postal_address" not in result.stderr

@@ -126,9 +126,10 @@ def test_archive_pages(settings, conn):
     publish(settings, date(2026, 6, 25), conn, now=NOW)
     index = (settings.paths.public / "index.html").read_text()
     assert '<link rel="alternate" type="application/rss+xml"' in index and 'type="application/atom+xml"' in index
-    assert 'href="2026/06/25/"' in index and 'href="2026/06/24/"' in index
+    assert 'href="https://example.org/history/2026/06/25/"' in index
+    assert 'href="https://example.org/history/2026/06/24/"' in index
     page = (settings.paths.public / "2026" / "06" / "25" / "index.html").read_text()
-    assert "[ Jun 25 ]" in page and "Back to all editions" in page
+    assert '<span class="badge">June 25</span>' in page and "[" not in page and "Back to all editions" in page
     for heading in ("What happened", "Why it mattered", "What followed", "Fun fact", "Recommended reading"):
         assert heading in page
     assert "<cite>A Real Book</cite> by A. Real Author" in page
