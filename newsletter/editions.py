@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -23,7 +23,7 @@ from newsletter import state
 from newsletter.config import Settings
 from newsletter.digests import dry_run_digests, plan_digests, renderer, send_digests
 from newsletter.errors import DeliveryError
-from newsletter.events import load_day_events
+from newsletter.events import Event, load_day_events
 from newsletter.ledger import DigestLedger, SQLiteLedger
 from newsletter.mail.outbox import write_outbox
 from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
@@ -38,16 +38,25 @@ log = logging.getLogger(__name__)
 __all__ = ["DryRun", "Progress", "SendResult", "dry_run", "edition_for", "edition_lock", "send_day", "send_test_copy"]
 
 
-def edition_for(day: date, settings: Settings, conn: sqlite3.Connection | None, *, record: bool = True) -> Edition:
+def edition_for(
+    day: date,
+    settings: Settings,
+    conn: sqlite3.Connection | None,
+    *,
+    record: bool = True,
+    events: Sequence[Event] | None = None,
+) -> Edition:
     """Select the edition of a date, honouring the editions on record; record it (unless ``record`` is False).
 
     ``conn`` is the state database (read-only when ``record`` is False) or None when there is
     none yet. A recorded edition keeps its event forever (see ``selection.choose_event``).
-    Only the files that can hold the day's edition are read (``events.day_files``).
+    Only the files that can hold the day's edition are read (``events.day_files``), unless the
+    caller passes ``events``, the library it has loaded already (publish asks for ~30 days).
     """
     folder = settings.paths.events
     history = state.recorded_editions(conn) if conn is not None else {}
-    events = load_day_events(folder, day, [history[day]] if day in history else [])
+    if events is None:
+        events = load_day_events(folder, day, [history[day]] if day in history else [])
     edition = select_edition(day, events, history, folder)
     if record and conn is not None:
         state.record_edition(conn, day, edition.event.id)

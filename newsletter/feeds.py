@@ -61,7 +61,7 @@ def entry_id(settings: Settings, day: date) -> str:
 
 
 def window(
-    settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None
+    settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None, events: list[Event] | None = None
 ) -> tuple[list[Edition], list[date]]:
     """The editions of the last feed_days days up to ``day``, recorded so they never change; none from the future."""
     editions, missing = [], []
@@ -70,7 +70,7 @@ def window(
         if now is not None and published_at(settings, current) > now:
             continue
         try:
-            edition = edition_for(current, settings, conn)
+            edition = edition_for(current, settings, conn, events=events)
         except NoEventError as exc:
             log.warning("no edition for %s: %s", current, exc)
             missing.append(current)
@@ -178,9 +178,9 @@ def publish(settings: Settings, day: date, conn: sqlite3.Connection, *, now: dat
             f"{day.isoformat()} is in the future in {settings.newsletter.timezone}; feeds never hold future editions"
         )
     events = load_events(settings.paths.events)
-    editions, missing = window(settings, conn, day, now)
+    editions, missing = window(settings, conn, day, now, events)
     result = PublishResult(editions=editions, missing=missing)
-    early = early_editions(settings, conn, day, now)
+    early = early_editions(settings, conn, day, now, events)
     env = archive.environment(settings.paths.templates)
     files = site_files(settings, env, conn, day, now, editions, events)
     for edition in [*editions, *early]:
@@ -197,8 +197,8 @@ def publish(settings: Settings, day: date, conn: sqlite3.Connection, *, now: dat
 
 def publish_edition_page(settings: Settings, day: date, conn: sqlite3.Connection) -> Path:
     """Record and write the page of one edition (before it is sent), whatever its date; return its path."""
-    edition = edition_for(day, settings, conn)
     events = load_events(settings.paths.events)
+    edition = edition_for(day, settings, conn, events=events)
     path = _edition_path(settings, day)
     write_if_changed(path, _edition_bytes(archive.environment(settings.paths.templates), settings, edition, events))
     return path
@@ -211,7 +211,9 @@ def page_horizon(settings: Settings, now: datetime) -> date:
     return local.date() if (local.hour, local.minute) >= (hour, minute) else local.date() - timedelta(days=1)
 
 
-def early_editions(settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None) -> list[Edition]:
+def early_editions(
+    settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None, events: list[Event]
+) -> list[Edition]:
     """The editions after ``day`` that some reader's morning has already reached: their pages go out now."""
     if now is None:
         return []
@@ -219,7 +221,7 @@ def early_editions(settings: Settings, conn: sqlite3.Connection, day: date, now:
     current = day + timedelta(days=1)
     while current <= page_horizon(settings, now):
         try:
-            found.append(edition_for(current, settings, conn))
+            found.append(edition_for(current, settings, conn, events=events))
         except NoEventError as exc:
             log.warning("no edition for %s: %s", current, exc)
         current += timedelta(days=1)
@@ -325,6 +327,8 @@ def _edition_path(settings: Settings, day: date) -> Path:
 
 
 def _edition_bytes(env: jinja2.Environment, settings: Settings, edition: Edition, events: list[Event]) -> bytes:
-    others = [e for e in events if (e.month, e.day) == (edition.day.month, edition.day.day) and e is not edition.event]
+    others = [
+        e for e in events if (e.month, e.day) == (edition.day.month, edition.day.day) and e.id != edition.event.id
+    ]
     others.sort(key=lambda e: e.id)
     return archive.edition_page(env, settings, edition, subject_for(edition, settings), others).encode("utf-8")

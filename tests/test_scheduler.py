@@ -1,6 +1,7 @@
 """The daily job: each reader's own morning, catch-up but never stale, DST, restarts, the daemon."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,6 +225,21 @@ def test_run_once_twice_sends_nothing_the_second_time(daily, smtp_server, tmp_pa
     assert ("utc@example.com", "June 25") in received(smtp_server)
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and len(smtp_server.handler.messages) == count
+
+
+def test_a_reader_in_auckland_can_open_view_in_your_browser_at_their_breakfast(daily, smtp_server, tmp_path):
+    """08:00 on June 25 in Auckland is 20:00 on June 24 in UTC, the newsletter's zone: the page is out anyway."""
+    command, env = run(tmp_path, "--once", "--now", "2026-06-24T20:00:00+00:00")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [message] = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == ["auckland@example.com"]]
+    assert message["Subject"].startswith("June 25")
+    html = message.get_body(("html",)).get_content()
+    url = re.search(r'<a href="([^"]+)"[^>]*>View in your browser</a>', html).group(1)
+    base = daily.settings.newsletter.base_url
+    assert url == base + "2026/06/25/"
+    assert (daily.settings.paths.public / url.removeprefix(base) / "index.html").is_file()
+    assert "2026-06-25" not in (daily.settings.paths.public / "atom.xml").read_text()  # the feed waits for UTC
 
 
 def test_the_daemon_sends_then_stops_cleanly_on_sigterm(daily, smtp_server, tmp_path):
