@@ -78,9 +78,7 @@ def article(event: Event) -> dict[str, object]:
     }
 
 
-def edition_page(
-    env: jinja2.Environment, settings: Settings, edition: Edition, subject: str, others: Sequence[Event] = ()
-) -> str:
+def edition_page(env: jinja2.Environment, settings: Settings, edition: Edition, subject: str) -> str:
     """Render the archive page of one edition: the same article as the email, and the day's other articles."""
     event, day = edition.event, edition.day
     url = archive_url(settings, day)
@@ -91,7 +89,7 @@ def edition_page(
         article=article(event),
         years_ago=years_ago(event, day),
         day_href=day_url(settings, day.month, day.day),
-        others=[{"event": e, "href": day_url(settings, day.month, day.day) + f"#{e.id}"} for e in others],
+        others=[{"event": e, "href": day_url(settings, day.month, day.day) + f"#{e.id}"} for e in edition.others],
         month=Month(day.year, day.month),
     )
 

@@ -44,7 +44,8 @@ class NewsletterSettings:
     language: str = "en"
     feed_days: int = 30  # editions kept in the feeds and the archive index
     catchup_hours: float = 6.0  # a missed send is still made this long after send_time
-    postal_address: str = ""  # shown in the footer (CAN-SPAM); empty hides it
+    postal_address: str = ""  # shown in the footer (CAN-SPAM); empty hides it, and `send` warns
+    greeting: str = "auto"  # "auto": Good morning/afternoon/evening by send_time; "" for none; else this text
     subject: str = "{{ date_label }}: {{ event.title }}"  # Jinja2, see README
     log_level: str = "INFO"
 
@@ -297,6 +298,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"{where}: 'newsletter.feed_days' must be at least 1")
     if n.catchup_hours < 0:
         raise ConfigError(f"{where}: 'newsletter.catchup_hours' must not be negative")
+    if len(n.greeting) > 60 or not n.greeting.isprintable():
+        raise ConfigError(f"{where}: 'newsletter.greeting' must be one line of at most 60 characters")
     if n.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{where}: 'newsletter.log_level' must be DEBUG, INFO, WARNING or ERROR")
     sender = settings.sender

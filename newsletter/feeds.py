@@ -27,7 +27,7 @@ from newsletter.editions import edition_for
 from newsletter.errors import NewsletterError, NoEventError
 from newsletter.events import Event, load_events
 from newsletter.render import archive_url, article_html, day_url, subject_for
-from newsletter.selection import Edition, choose_event
+from newsletter.selection import Edition, choose_event, others_on
 
 log = logging.getLogger(__name__)
 EARLIEST_ZONE = ZoneInfo("Etc/GMT-14")  # UTC+14 (Kiritimati): the first place on Earth where a date begins
@@ -184,7 +184,7 @@ def publish(settings: Settings, day: date, conn: sqlite3.Connection, *, now: dat
     env = archive.environment(settings.paths.templates)
     files = site_files(settings, env, conn, day, now, editions, events)
     for edition in [*editions, *early]:
-        files[_edition_path(settings, edition.day)] = _edition_bytes(env, settings, edition, events)
+        files[_edition_path(settings, edition.day)] = _edition_bytes(env, settings, edition)
     digest = site_digest(settings, events, day.year)
     if _stored_digest(settings) != digest or not (settings.paths.public / "days" / "index.html").is_file():
         files.update(library_files(settings, env, conn, day, now, events))
@@ -200,7 +200,7 @@ def publish_edition_page(settings: Settings, day: date, conn: sqlite3.Connection
     events = load_events(settings.paths.events)
     edition = edition_for(day, settings, conn, events=events)
     path = _edition_path(settings, day)
-    write_if_changed(path, _edition_bytes(archive.environment(settings.paths.templates), settings, edition, events))
+    write_if_changed(path, _edition_bytes(archive.environment(settings.paths.templates), settings, edition))
     return path
 
 
@@ -235,7 +235,7 @@ def sent_editions(
     by_id = {e.id: e for e in events}
     history = state.recorded_editions(conn)
     found = [
-        Edition(d, by_id[i])
+        Edition(d, by_id[i], others_on(d, by_id[i], events))
         for d, i in history.items()
         if d <= day and i in by_id and (now is None or published_at(settings, d) <= now)
     ]
@@ -292,7 +292,7 @@ def library_files(
         ).encode("utf-8")
     files[public / "days" / "index.html"] = archive.calendar_page(env, settings, titles).encode("utf-8")
     for edition in sent_editions(settings, conn, day, now, events):
-        files[_edition_path(settings, edition.day)] = _edition_bytes(env, settings, edition, events)
+        files[_edition_path(settings, edition.day)] = _edition_bytes(env, settings, edition)
     return files
 
 

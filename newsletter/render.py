@@ -170,6 +170,17 @@ def message_id(settings: Settings, day: date, email: str, kind: str = "edition")
     return f"<{day:%Y%m%d}.{tag}{digest}@{settings.sender_domain}>"
 
 
+def greeting_for(settings: Settings) -> str:
+    """The email's greeting: by the hour of send_time for "auto", none for "", else the configured text."""
+    greeting = settings.newsletter.greeting.strip()
+    if greeting != "auto":
+        return greeting
+    hour = int(settings.newsletter.send_time.split(":")[0])
+    if 4 <= hour < 12:
+        return "Good morning"
+    return "Good afternoon" if 12 <= hour < 18 else "Good evening"
+
+
 def years_ago(event: Event, day: date) -> str:
     years = event.years_before(day.year)
     return "this very year" if years == 0 else f"{years} year{'s' if years != 1 else ''} ago"
@@ -320,6 +331,8 @@ def _context(edition: Edition, settings: Settings, subject: str) -> dict[str, ob
     ]
     return {
         "language": settings.newsletter.language,
+        "direction": text_direction(settings.newsletter.language),
+        "greeting": greeting_for(settings),
         "subject": subject,
         "title": settings.newsletter.title,
         "date_label": edition.date_label,
@@ -327,6 +340,12 @@ def _context(edition: Edition, settings: Settings, subject: str) -> dict[str, ob
         "years_ago": years_ago(event, edition.day),
         "sections": sections,
         "archive_url": archive_url(settings, edition.day),
+        "archive_index": settings.newsletter.base_url,
+        "sources": source_links(event),
+        "others": [
+            {"event": e, "href": day_url(settings, edition.day.month, edition.day.day) + f"#{e.id}"}
+            for e in edition.others
+        ],
         "unsubscribe_url": jinja2.utils.markupsafe.Markup(_UNSUB_HTML.decode()),
         "preferences_url": jinja2.utils.markupsafe.Markup(_PREFS_HTML.decode()),
         "greeting_name": jinja2.utils.markupsafe.Markup(_NAME_HTML.decode()),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -90,12 +90,19 @@ def _last_used(event_id: str, day: date, history: Mapping[date, str]) -> int:
     return max(years, default=-1)
 
 
+def others_on(day: date, chosen: Event, events: Sequence[Event]) -> tuple[Event, ...]:
+    """Return the other articles of the same calendar day, for "Also on this day"."""
+    same = (e for e in events if (e.month, e.day) == (day.month, day.day) and e.id != chosen.id)
+    return tuple(sorted(same, key=lambda e: e.id))
+
+
 @dataclass(frozen=True)
 class Edition:
-    """What is (or would be) sent for one date: the date and its event."""
+    """What is (or would be) sent for one date: the date, its event, and the day's other articles."""
 
     day: date
     event: Event
+    others: tuple[Event, ...] = field(default=(), compare=False)
 
     @property
     def date_label(self) -> str:
@@ -106,5 +113,6 @@ class Edition:
 def select_edition(
     day: date, events: Sequence[Event], history: Mapping[date, str] | None = None, folder: Path | None = None
 ) -> Edition:
-    """Return the edition of a date (see choose_event)."""
-    return Edition(day, choose_event(day, events, history, folder))
+    """Return the edition of a date (see choose_event), with the day's other articles."""
+    event = choose_event(day, events, history, folder)
+    return Edition(day, event, others_on(day, event, events))

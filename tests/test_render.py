@@ -2,9 +2,11 @@
 
 import email
 import email.policy
+import re
 from datetime import UTC, date, datetime
 from email.utils import getaddresses, parsedate_to_datetime
 
+import html5lib
 import pytest
 
 from newsletter import tokens
@@ -90,7 +92,7 @@ def test_personal_parts_differ_per_subscriber_and_nothing_leaks(rendered):
 def test_html_has_the_edition_shape(rendered):
     html = rendered.html
     assert "What happened today in history?" in html
-    assert ">June 24</span>" in html
+    assert re.search(r'<td class="day"[^>]*>June 24</td>', html)
     assert "A June 24 event" in html and "June 24, 1995" in html
     for heading in ("What happened", "Why it mattered", "What followed", "Fun fact", "Recommended reading"):
         assert heading in html
@@ -197,3 +199,126 @@ def test_real_send_requires_the_secret(make_settings, event_folder):
 def test_naive_now_is_rejected(rendered, settings):
     with pytest.raises(ValueError, match="aware"):
         render_edition(rendered.edition, settings, now=datetime(2026, 6, 25, 5, 0))
+
+
+# What every client needs (Outlook's Word engine, iOS Mail, dark mode, webmail).
+
+
+@pytest.fixture
+def june25(settings):
+    """The June 25 edition of the test library: the day has a second article."""
+    edition = select_edition(date(2026, 6, 25), load_events(settings.paths.events))
+    return render_edition(edition, settings, now=NOW)
+
+
+def tree(html):
+    return html5lib.parse(html, namespaceHTMLElements=False)
+
+
+def test_outlook_gets_its_office_settings_in_a_conditional_comment(rendered):
+    html = rendered.html
+    mso = re.search(r"<!--\[if mso\]>(.*?)<!\[endif\]-->", html, re.S).group(1)
+    assert "<o:OfficeDocumentSettings>" in mso and "<o:PixelsPerInch>96</o:PixelsPerInch>" in mso
+    assert "mso-line-height-rule: exactly" in mso
+    assert 'xmlns:o="urn:schemas-microsoft-com:office:office"' in html
+    assert 'xmlns:v="urn:schemas-microsoft-com:vml"' in html
+
+
+def test_boxes_are_table_cells_never_padded_divs_or_spans(rendered):
+    for element in (e for e in tree(rendered.html).iter() if e.tag in ("div", "span")):
+        style = element.get("style", "")
+        assert not re.search(r"padding|background|border", style), (element.get("class"), style)
+    assert re.search(r'<td class="day"[^>]*style="[^"]*padding:6px 14px[^"]*border:2px solid', rendered.html)
+    assert re.search(r'<table role="presentation" class="funfact"[^>]*bgcolor="#fff6dc"', rendered.html)
+    assert not re.search(r"<(ul|ol)\b", rendered.html)  # lists are table rows: Outlook ignores list padding
+
+
+def test_ios_mail_neither_reformats_nor_links_the_dates(rendered):
+    html = rendered.html
+    assert '<meta name="x-apple-disable-message-reformatting">' in html
+    assert '<meta name="format-detection" content="telephone=no, date=no, address=no, email=no, url=no">' in html
+    assert "a[x-apple-data-detectors] { color: inherit !important;" in html
+
+
+def test_an_article_wrapper_keeps_lang_and_dir_where_webmail_drops_html_and_body(rendered):
+    wrapper = tree(rendered.html).find(".//body/div")
+    assert (wrapper.get("role"), wrapper.get("lang"), wrapper.get("dir")) == ("article", "en", "ltr")
+    assert wrapper.get("aria-label") == rendered.subject
+
+
+def _dark_selectors(html, prefix):
+    block = html.split('<style type="text/css">', 1)[1].split("</style>", 1)[0]
+    if prefix == "@media":
+        block = block.split("@media (prefers-color-scheme: dark) {", 1)[1].split("\n}\n", 1)[0]
+        rules = re.findall(r"([^{}]+)\{", block)
+    else:
+        rules = [r for r in re.findall(r"([^{}]+)\{", block) if prefix in r]
+    return {part.strip().split()[-1].lstrip(".") for rule in rules for part in rule.split(",")}
+
+
+@pytest.mark.parametrize("scheme", ["@media", "[data-ogsc]"])
+def test_every_coloured_element_has_a_dark_mode_rule(june25, scheme):
+    """prefers-color-scheme for Apple Mail and most apps; [data-ogsc]/[data-ogsb] for Outlook.com's dark mode."""
+    selectors = _dark_selectors(june25.html, scheme) | (
+        _dark_selectors(june25.html, "[data-ogsb]") if scheme != "@media" else set()
+    )
+    body = tree(june25.html).find(".//body")
+    for element in body.iter():
+        style = element.get("style", "")
+        if not re.search(r"(^|;\s*)(color|background-color|border[a-z-]*):[^;]*#", style):
+            continue
+        names = {element.tag, *element.get("class", "").split()}
+        assert names & selectors, f"no dark rule ({scheme}) for <{element.tag} class={element.get('class')!r}>"
+    assert "footer" in selectors  # the divider: #e2dccd would glare on #1e2127
+
+
+def test_footer_links_are_tap_targets_of_at_least_24_px(rendered):
+    links = [a for a in tree(rendered.html).iter("a") if "footer-link" in a.get("class", "")]
+    assert [a.text for a in links] == ["View in your browser", "All editions", "Unsubscribe"]
+    for link in links:
+        style = link.get("style")
+        assert "display:inline-block" in style and "padding:6px 4px" in style and "line-height:20px" in style
+
+
+def test_sources_are_links_under_read_more_and_the_other_article_is_named(june25):
+    html, text = june25.html, june25.text
+    assert re.search(r"<h2[^>]*>Read more</h2>", html)
+    assert re.search(
+        r'<a class="more" href="https://en.wikipedia.org/wiki/Test_event"[^>]*>Wikipedia: Test event</a>', html
+    )
+    assert re.search(r"<h2[^>]*>Also on this day</h2>", html)
+    assert re.search(
+        r'href="https://example.org/history/days/06-25/#06-25-syrian-defection"[^>]*>Syrian officers defect</a>', html
+    )
+    assert "READ MORE" in text and "https://en.wikipedia.org/wiki/Test_event" in text
+    assert "ALSO ON THIS DAY" in text and "https://example.org/history/days/06-25/#06-25-syrian-defection" in text
+    assert "All editions: https://example.org/history/" in text
+
+
+@pytest.mark.parametrize(
+    ("toml", "html_line", "text_line"),
+    [
+        ("", "Good morning, Ada,", "Good morning, Ada,"),
+        ('send_time = "13:00"', "Good afternoon, Ada,", "Good afternoon, Ada,"),
+        ('send_time = "19:30"', "Good evening, Ada,", "Good evening, Ada,"),
+        ('greeting = "Hello"', "Hello, Ada,", "Hello, Ada,"),
+    ],
+)
+def test_the_greeting_fits_the_send_time_or_is_what_the_config_says(
+    make_settings, event_folder, toml, html_line, text_line
+):
+    settings = make_settings(f"[newsletter]\n{toml}\n", events=event_folder)
+    edition = select_edition(date(2026, 6, 24), load_events(event_folder))
+    text, html = parts(
+        parse(render_edition(edition, settings, now=NOW).message_for(Subscriber("a@example.com", "Ada")))
+    )
+    assert html_line in html and text.splitlines()[3] == text_line
+
+
+def test_no_greeting_at_all_when_it_is_empty(make_settings, event_folder):
+    settings = make_settings('[newsletter]\ngreeting = ""\n', events=event_folder)
+    edition = select_edition(date(2026, 6, 24), load_events(event_folder))
+    text, html = parts(
+        parse(render_edition(edition, settings, now=NOW).message_for(Subscriber("a@example.com", "Ada")))
+    )
+    assert "Ada" not in text + html and 'class="greeting"' not in html and "Good" not in text
