@@ -326,9 +326,5 @@ def _edition_path(settings: Settings, day: date) -> Path:
     return settings.paths.public / f"{day:%Y/%m/%d}" / "index.html"
 
 
-def _edition_bytes(env: jinja2.Environment, settings: Settings, edition: Edition, events: list[Event]) -> bytes:
-    others = [
-        e for e in events if (e.month, e.day) == (edition.day.month, edition.day.day) and e.id != edition.event.id
-    ]
-    others.sort(key=lambda e: e.id)
-    return archive.edition_page(env, settings, edition, subject_for(edition, settings), others).encode("utf-8")
+def _edition_bytes(env: jinja2.Environment, settings: Settings, edition: Edition) -> bytes:
+    return archive.edition_page(env, settings, edition, subject_for(edition, settings)).encode("utf-8")

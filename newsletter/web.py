@@ -70,7 +70,11 @@ class WebApp:
 
     def page(self, name: str, status: int = 200, csrf: str | None = None, **context: object) -> HTMLResponse:
         """Render one of templates/web/form_*.html in the site's look."""
-        site = {"title": self.settings.newsletter.title, "base_url": self.settings.newsletter.base_url}
+        site = {
+            "title": self.settings.newsletter.title,
+            "base_url": self.settings.newsletter.base_url,
+            "description": "One story from history for every day of the year, by email every morning.",
+        }
         context.setdefault("preferences_url", "")  # a subscriber's pages link to their preferences
         body = self.pages.get_template(f"web/form_{name}.html").render(site=site, csrf=csrf or "", **context)
         response = HTMLResponse(body, status_code=status)

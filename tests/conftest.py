@@ -64,6 +64,13 @@ def event_text(
     ) + "\n".join(body)
 
 
+def strict_html(text: str):
+    """Parse HTML with html5lib in strict mode: any parse error (bad nesting, stray tag, bad doctype) raises."""
+    import html5lib
+
+    return html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(text)
+
+
 def write_event(folder: Path, name: str, text: str) -> Path:
     """Write an event file under folder/MM/ and return its path."""
     path = folder / name[:2] / name

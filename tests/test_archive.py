@@ -4,13 +4,13 @@ import re
 from datetime import UTC, date, datetime
 from xml.etree import ElementTree
 
-import html5lib
 import pytest
 
 from newsletter import state
 from newsletter.archive import CALENDAR_DAYS, neighbours
 from newsletter.feeds import page_horizon, publish, publish_edition_page
 from newsletter.render import source_link
+from tests.conftest import strict_html
 
 NOW = datetime(2026, 6, 26, 12, 0, tzinfo=UTC)
 BASE = "https://example.org/history/"
@@ -33,11 +33,6 @@ def read(public, path):
 
 def hrefs(page):
     return re.findall(r'href="([^"]+)"', page)
-
-
-def strict_parse(text):
-    """Parse with html5lib in strict mode: any parse error (bad nesting, stray tags, bad doctype) raises."""
-    return html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(text)
 
 
 def test_the_calendar_has_366_days_in_order_with_feb_29():
@@ -148,7 +143,7 @@ def test_every_page_parses_without_errors_under_a_strict_html5_parser(public):
     pages = sorted(public.rglob("*.html"))
     assert len(pages) > 370
     for path in pages:
-        strict_parse(path.read_text(encoding="utf-8"))
+        strict_html(path.read_text(encoding="utf-8"))
 
 
 def test_day_pages_are_not_rewritten_when_the_library_is_unchanged(settings, conn, public):

@@ -13,7 +13,7 @@ import pytest
 from newsletter import state, tokens
 from newsletter.editions import send_day
 from newsletter.render import list_id
-from tests.conftest import free_port
+from tests.conftest import free_port, strict_html
 
 SECRET = "web-test-secret"
 
@@ -387,3 +387,22 @@ def test_signing_up_again_after_an_unsubscribe_works_with_the_new_link(site, smt
     sign_up(client, "back@example.org", "Back Again")
     assert "You are subscribed" in confirm(client, confirmation_links(smtp_server, "back@example.org")[-1]).text
     assert suppressed(settings) == {}
+
+
+def test_every_page_of_the_web_side_parses_under_a_strict_html5_parser_and_has_its_head(site):
+    settings, client = site
+    pages = {
+        "/subscribe": 200,
+        f"/unsubscribe?token={token_for(settings, 'ada@example.com')}": 200,
+        "/confirm?token=nonsense": 400,
+        "/no-such-page": 404,
+    }
+    for path, status in pages.items():
+        response = client.get(path)
+        assert response.status_code == status
+        strict_html(response.text)
+        assert '<meta name="description" content="' in response.text
+        assert 'rel="icon" href="' in response.text and '<meta property="og:title"' in response.text
+    assert (
+        '<link rel="canonical" href="' + settings.newsletter.base_url + 'subscribe">' in client.get("/subscribe").text
+    )
