@@ -235,7 +235,7 @@ def test_a_reader_in_auckland_can_open_view_in_your_browser_at_their_breakfast(d
     [message] = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == ["auckland@example.com"]]
     assert message["Subject"].startswith("June 25")
     html = message.get_body(("html",)).get_content()
-    url = re.search(r'<a href="([^"]+)"[^>]*>View in your browser</a>', html).group(1)
+    url = re.search(r'<a [^>]*href="([^"]+)"[^>]*>View in your browser</a>', html).group(1)
     base = daily.settings.newsletter.base_url
     assert url == base + "2026/06/25/"
     assert (daily.settings.paths.public / url.removeprefix(base) / "index.html").is_file()
