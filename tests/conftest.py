@@ -79,16 +79,20 @@ def write_event(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def event_folder(tmp_path: Path) -> Path:
-    """A small valid library: June 24, two events on June 25, Feb 29, and Dec 31."""
-    folder = tmp_path / "events"
+def write_library(folder: Path) -> Path:
+    """Write the small valid library: June 24, two events on June 25, Feb 29, and Dec 31."""
     write_event(folder, "06-24-first-thing.md", event_text("A June 24 event", "1995-06-24"))
     write_event(folder, "06-25-syrian-defection.md", event_text("Syrian officers defect", "2012-06-25"))
     write_event(folder, "06-25-korean-war-begins.md", event_text("Korean War begins", "1950-06-25", subject="war"))
     write_event(folder, "02-29-leap-day-event.md", event_text("A leap-day event", "1940-02-29"))
     write_event(folder, "12-31-year-end.md", event_text("A year-end event", "1999-12-31"))
     return folder
+
+
+@pytest.fixture
+def event_folder(tmp_path: Path) -> Path:
+    """A small valid library: June 24, two events on June 25, Feb 29, and Dec 31."""
+    return write_library(tmp_path / "events")
 
 
 @pytest.fixture

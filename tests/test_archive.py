@@ -8,9 +8,10 @@ import pytest
 
 from newsletter import state
 from newsletter.archive import CALENDAR_DAYS, neighbours
+from newsletter.config import load_settings
 from newsletter.feeds import page_horizon, publish, publish_edition_page
 from newsletter.render import source_link
-from tests.conftest import strict_html
+from tests.conftest import strict_html, write_library
 
 NOW = datetime(2026, 6, 26, 12, 0, tzinfo=UTC)
 BASE = "https://example.org/history/"
@@ -21,9 +22,19 @@ def conn(settings):
     return state.connect(settings.paths.state)
 
 
-@pytest.fixture
-def public(settings, conn):
-    publish(settings, date(2026, 6, 25), conn, now=NOW)
+@pytest.fixture(scope="module")
+def public(tmp_path_factory):
+    """The small test library published once, on June 26, for the tests that only read the pages."""
+    root = tmp_path_factory.mktemp("archive")
+    config = root / "newsletter.toml"
+    folders = {"events": write_library(root / "events"), "state": root / "var", "public": root / "public"}
+    config.write_text("[paths]\n" + "".join(f'{k} = "{v}"\n' for k, v in folders.items()), encoding="utf-8")
+    settings = load_settings(config, env={"NEWSLETTER_SECRET": "test-secret"})
+    conn = state.connect(settings.paths.state)
+    try:
+        publish(settings, date(2026, 6, 25), conn, now=NOW)
+    finally:
+        conn.close()
     return settings.paths.public
 
 
@@ -146,8 +157,9 @@ def test_every_page_parses_without_errors_under_a_strict_html5_parser(public):
         strict_html(path.read_text(encoding="utf-8"))
 
 
-def test_day_pages_are_not_rewritten_when_the_library_is_unchanged(settings, conn, public):
-    day_page = public / "days" / "06-25" / "index.html"
+def test_day_pages_are_not_rewritten_when_the_library_is_unchanged(settings, conn):
+    publish(settings, date(2026, 6, 25), conn, now=NOW)
+    day_page = settings.paths.public / "days" / "06-25" / "index.html"
     before = day_page.stat().st_mtime_ns
     result = publish(settings, date(2026, 6, 26), conn, now=datetime(2026, 6, 26, 12, tzinfo=UTC))
     assert day_page.stat().st_mtime_ns == before
