@@ -142,11 +142,15 @@ def form_urls(site: Site) -> dict[str, str]:
     return {
         "subscribe form": site.base + "subscribe",
         "unsubscribe form": site.base + f"unsubscribe?token={token}",
+        "preferences form": site.base + f"preferences?token={token}",
         "message page": site.base + "confirm?token=not-a-token",
     }
 
 
-PAGES = ["email", "edition", "day", "calendar", "index", "month", "subscribe form", "unsubscribe form", "message page"]
+PAGES = [
+    "email", "edition", "day", "calendar", "index", "month",
+    "subscribe form", "unsubscribe form", "preferences form", "message page",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -176,5 +180,5 @@ def test_the_email_links_are_at_least_24_px_tall_on_a_phone_and_a_desktop(page, 
     sizes = page.evaluate(
         "[...document.querySelectorAll('a.footer-link')].map(a => [a.textContent, a.getBoundingClientRect().height])"
     )
-    assert [text for text, _ in sizes] == ["View in your browser", "All editions", "Unsubscribe"]
+    assert [text for text, _ in sizes] == ["View in your browser", "All editions", "Preferences", "Unsubscribe"]
     assert all(height >= 24 for _, height in sizes), sizes

@@ -279,7 +279,7 @@ def test_every_coloured_element_has_a_dark_mode_rule(june25, scheme):
 
 def test_footer_links_are_tap_targets_of_at_least_24_px(rendered):
     links = [a for a in tree(rendered.html).iter("a") if "footer-link" in a.get("class", "")]
-    assert [a.text for a in links] == ["View in your browser", "All editions", "Unsubscribe"]
+    assert [a.text for a in links] == ["View in your browser", "All editions", "Preferences", "Unsubscribe"]
     for link in links:
         style = link.get("style")
         assert "display:inline-block" in style and "padding:6px 4px" in style and "line-height:20px" in style
