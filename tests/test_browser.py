@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -23,7 +23,7 @@ from newsletter import state, tokens
 from newsletter.config import Settings, load_settings
 from newsletter.editions import edition_for
 from newsletter.feeds import publish
-from newsletter.render import list_id, render_edition
+from newsletter.render import list_id, render_digest, render_edition
 from tests.cdp import AXE, Browser, Page, chromium_path, require
 from tests.conftest import free_port
 
@@ -80,6 +80,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         publish(settings, DAY, conn, now=datetime(2026, 6, 25, 12, 0, tzinfo=UTC))
         email = root / "email.html"
         email.write_text(render_edition(edition_for(DAY, settings, conn), settings).html, encoding="utf-8")
+        week = [edition_for(DAY - timedelta(days=n), settings, conn) for n in (2, 1, 0)]
+        (root / "digest.html").write_text(render_digest(week, settings).html, encoding="utf-8")
     finally:
         conn.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
@@ -148,7 +150,7 @@ def form_urls(site: Site) -> dict[str, str]:
 
 
 PAGES = [
-    "email", "edition", "day", "calendar", "index", "month",
+    "email", "weekly digest", "edition", "day", "calendar", "index", "month",
     "subscribe form", "unsubscribe form", "preferences form", "message page",
 ]  # fmt: skip
 
@@ -158,6 +160,7 @@ PAGES = [
 def test_axe_finds_no_serious_or_critical_violation(page, site, axe_source, name, scheme):
     urls = {
         "email": site.email.as_uri(),
+        "weekly digest": site.email.with_name("digest.html").as_uri(),
         "edition": site.base + "2026/06/25/",
         "day": site.base + "days/06-25/",
         "calendar": site.base + "days/",

@@ -11,7 +11,7 @@ import pytest
 
 from newsletter import tokens
 from newsletter.events import load_events
-from newsletter.render import HTML_LIMIT, list_id, render_edition
+from newsletter.render import HTML_LIMIT, list_id, render_digest, render_edition
 from newsletter.selection import select_edition
 from newsletter.subscribers import Subscriber
 from tests.conftest import event_text, strict_html, write_event
@@ -211,16 +211,26 @@ def june25(settings):
     return render_edition(edition, settings, now=NOW)
 
 
+@pytest.fixture(params=["edition", "weekly digest"])
+def any_email(request, settings):
+    """Each kind of email we send: the daily edition (June 25) and a weekly digest ending on it."""
+    events = load_events(settings.paths.events)
+    if request.param == "edition":
+        return render_edition(select_edition(date(2026, 6, 25), events), settings, now=NOW)
+    days = [select_edition(date(2026, 6, 24), events), select_edition(date(2026, 6, 25), events)]
+    return render_digest(days, settings, now=NOW)
+
+
 def tree(html):
     return html5lib.parse(html, namespaceHTMLElements=False)
 
 
-def test_the_email_parses_without_errors_under_a_strict_html5_parser(june25):
-    strict_html(june25.html)
+def test_the_email_parses_without_errors_under_a_strict_html5_parser(any_email):
+    strict_html(any_email.html)
 
 
-def test_outlook_gets_its_office_settings_in_a_conditional_comment(rendered):
-    html = rendered.html
+def test_outlook_gets_its_office_settings_in_a_conditional_comment(any_email):
+    html = any_email.html
     mso = re.search(r"<!--\[if mso\]>(.*?)<!\[endif\]-->", html, re.S).group(1)
     assert "<o:OfficeDocumentSettings>" in mso and "<o:PixelsPerInch>96</o:PixelsPerInch>" in mso
     assert "mso-line-height-rule: exactly" in mso
@@ -228,27 +238,27 @@ def test_outlook_gets_its_office_settings_in_a_conditional_comment(rendered):
     assert 'xmlns:v="urn:schemas-microsoft-com:vml"' in html
 
 
-def test_boxes_are_table_cells_never_padded_divs_or_spans(rendered):
-    for element in (e for e in tree(rendered.html).iter() if e.tag in ("div", "span")):
+def test_boxes_are_table_cells_never_padded_divs_or_spans(any_email):
+    for element in (e for e in tree(any_email.html).iter() if e.tag in ("div", "span")):
         style = element.get("style", "")
         assert not re.search(r"padding|background|border", style), (element.get("class"), style)
-    [badge] = [td for td in tree(rendered.html).iter("td") if td.get("class") == "day"]
-    assert "padding:6px 14px" in badge.get("style") and "border:2px solid" in badge.get("style")
-    assert re.search(r'<table role="presentation" class="funfact"[^>]*bgcolor="#fff6dc"', rendered.html)
-    assert not re.search(r"<(ul|ol)\b", rendered.html)  # lists are table rows: Outlook ignores list padding
+    badges = [td for td in tree(any_email.html).iter("td") if td.get("class") == "day"]
+    assert badges and all("padding:6px 14px" in b.get("style") and "border:2px solid" in b.get("style") for b in badges)
+    assert re.search(r'<table role="presentation" class="funfact"[^>]*bgcolor="#fff6dc"', any_email.html)
+    assert not re.search(r"<(ul|ol)\b", any_email.html)  # lists are table rows: Outlook ignores list padding
 
 
-def test_ios_mail_neither_reformats_nor_links_the_dates(rendered):
-    html = rendered.html
+def test_ios_mail_neither_reformats_nor_links_the_dates(any_email):
+    html = any_email.html
     assert '<meta name="x-apple-disable-message-reformatting">' in html
     assert '<meta name="format-detection" content="telephone=no, date=no, address=no, email=no, url=no">' in html
     assert "a[x-apple-data-detectors] { color: inherit !important;" in html
 
 
-def test_an_article_wrapper_keeps_lang_and_dir_where_webmail_drops_html_and_body(rendered):
-    wrapper = tree(rendered.html).find(".//body/div")
+def test_an_article_wrapper_keeps_lang_and_dir_where_webmail_drops_html_and_body(any_email):
+    wrapper = tree(any_email.html).find(".//body/div")
     assert (wrapper.get("role"), wrapper.get("lang"), wrapper.get("dir")) == ("article", "en", "ltr")
-    assert wrapper.get("aria-label") == rendered.subject
+    assert wrapper.get("aria-label") == any_email.subject
 
 
 def _dark_selectors(html, prefix):
@@ -262,12 +272,12 @@ def _dark_selectors(html, prefix):
 
 
 @pytest.mark.parametrize("scheme", ["@media", "[data-ogsc]"])
-def test_every_coloured_element_has_a_dark_mode_rule(june25, scheme):
+def test_every_coloured_element_has_a_dark_mode_rule(any_email, scheme):
     """prefers-color-scheme for Apple Mail and most apps; [data-ogsc]/[data-ogsb] for Outlook.com's dark mode."""
-    selectors = _dark_selectors(june25.html, scheme) | (
-        _dark_selectors(june25.html, "[data-ogsb]") if scheme != "@media" else set()
+    selectors = _dark_selectors(any_email.html, scheme) | (
+        _dark_selectors(any_email.html, "[data-ogsb]") if scheme != "@media" else set()
     )
-    body = tree(june25.html).find(".//body")
+    body = tree(any_email.html).find(".//body")
     for element in body.iter():
         style = element.get("style", "")
         if not re.search(r"(^|;\s*)(color|background-color|border[a-z-]*):[^;]*#", style):
