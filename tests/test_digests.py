@@ -207,3 +207,13 @@ def test_a_digest_goes_exactly_once_across_a_kill_9_and_a_rerun(make_settings, l
     conn = state.connect(settings.paths.state)
     statuses = conn.execute("SELECT kind, status, COUNT(*) FROM deliveries GROUP BY 1, 2").fetchall()
     assert [tuple(r) for r in statuses] == [("digest", "delivered", 60)]
+
+
+def test_a_digest_that_failed_temporarily_is_retried_like_an_edition(site, smtp_server):
+    smtp_server.handler.reject["weekly@example.com"] = "451 4.3.0 try again later"
+    result = send_day(site, SUNDAY)
+    assert result.failed == 1 and not result.complete
+    del smtp_server.handler.reject["weekly@example.com"]
+    retried = send_day(site, SUNDAY, retry_failed=True)
+    assert retried.delivered == 1 and retried.complete
+    assert [m[:2] for m in mail(smtp_server) if m[0] == "weekly@example.com"] == [("weekly@example.com", "digest")]

@@ -155,3 +155,12 @@ def test_after_changing_zone_and_frequency_the_next_sends_follow_them(site, smtp
     assert [(m.rcpt_tos[0], ".digest." in m.message["Message-ID"]) for m in smtp_server.handler.messages] == [
         ("ada@example.com", True)
     ]
+
+
+def test_a_zone_the_browser_named_outside_the_list_survives_a_form_sent_back(site):  # noqa: F811
+    _, client = site
+    form = client.get("/subscribe")
+    back = client.post(
+        "/subscribe", data={"csrf": csrf_of(form), "email": "not an address", "timezone": "Asia/Calcutta"}
+    )
+    assert back.status_code == 400 and "<option selected>Asia/Calcutta</option>" in back.text
