@@ -177,10 +177,10 @@ def sitemap(urls: Sequence[str]) -> bytes:
 
 
 def robots(settings: Settings) -> str:
-    """Return robots.txt: everything public may be crawled, the pages behind personal links may not."""
+    """Return robots.txt: everything public may be crawled (the sign-up form too), the pages behind personal links may not."""
     path = _path_of(settings.newsletter.base_url)
     lines = ["User-agent: *", "Allow: " + path]
-    lines += [f"Disallow: {path}{name}" for name in ("unsubscribe", "confirm", "subscribe", "preferences")]
+    lines += [f"Disallow: {path}{name}" for name in ("unsubscribe", "confirm", "preferences")]
     lines.append(f"Sitemap: {settings.newsletter.base_url}sitemap.xml")
     return "\n".join(lines) + "\n"
 

@@ -133,7 +133,8 @@ def test_sitemap_lists_every_page_and_robots_points_to_it(public):
     assert len(urls) == len(set(urls)) == 2 + 366 + 1 + 2
     robots = (public / "robots.txt").read_text()
     assert "User-agent: *" in robots and f"Sitemap: {BASE}sitemap.xml" in robots
-    assert "Disallow: /history/unsubscribe" in robots
+    assert "Disallow: /history/unsubscribe" in robots and "Disallow: /history/preferences" in robots
+    assert "subscribe\n" not in robots.replace("unsubscribe", "")  # the sign-up form may be found
     assert (public / "favicon.svg").read_bytes().startswith(b"<svg")
 
 
