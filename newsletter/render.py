@@ -198,7 +198,8 @@ class RenderedEdition:
     secret: str
     segments: tuple[bytes, ...]  # the message, split at placeholders
     slots: tuple[bytes, ...]  # the placeholder name between segments[i] and segments[i+1]
-    sign: Callable[[bytes], bytes] | None = None  # DKIM, when [dkim] is configured
+    sign: Callable[..., bytes] | None = None  # DKIM, when [dkim] is configured: sign(message[, body_hash])
+    body_hash: Callable[[dict[bytes, bytes]], bytes | None] | None = None  # the body's DKIM hash from its values
     list_id: str = ""
     unsubscribe_base: str = ""  # unsubscribe_url() up to the token, computed once
     preferences_base: str = ""  # the preferences page up to the token
@@ -209,8 +210,12 @@ class RenderedEdition:
 
     def message_for(self, subscriber: Subscriber, message_id: str = "") -> bytes:
         """Return the complete message (CRLF line endings) for one subscriber."""
-        message = join_segments(self.segments, self.slots, self.values_for(subscriber, message_id))
-        return self.sign(message) if self.sign else message
+        values = self.values_for(subscriber, message_id)
+        message = join_segments(self.segments, self.slots, values)
+        if self.sign is None:
+            return message
+        body_hash = self.body_hash(values) if self.body_hash else None
+        return self.sign(message) if body_hash is None else self.sign(message, body_hash)
 
     def values_for(self, subscriber: Subscriber, message_id: str = "") -> dict[bytes, bytes]:
         """The bytes that replace each placeholder for one subscriber: one line each, never CR or LF."""
@@ -291,9 +296,11 @@ def _rendered(
     html = _short_lines(_inline(html, settings.paths.templates))
     template = _message_template(settings, subject, html, text, now)
     pieces = _PLACEHOLDER.split(template)
+    segments, slots = tuple(pieces[0::2]), tuple(pieces[1::2])
+    sign = signing.signer(settings)
     rendered = RenderedEdition(
         edition=edition, subject=subject, html="", text="", settings=settings, secret=secret,
-        segments=tuple(pieces[0::2]), slots=tuple(pieces[1::2]), sign=signing.signer(settings),
+        segments=segments, slots=slots, sign=sign, body_hash=signing.body_hasher(segments, slots) if sign else None,
         list_id=list_id(settings), unsubscribe_base=unsubscribe_base(settings),
         preferences_base=preferences_base(settings), kind=kind,
     )  # fmt: skip

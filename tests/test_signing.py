@@ -161,3 +161,17 @@ def test_our_relaxed_canonicalization_is_dkimpys(body):
 
     policy = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     assert relaxed_body(body) == policy.canonicalize_body(body)
+
+
+@pytest.mark.parametrize("name", ["", "Ada", "Zoë Ünïcode", ".dot first", "two  spaces", "tab\there", 'Quote "me"'])
+def test_the_body_hash_from_pre_canonicalized_segments_equals_canonicalizing_the_message(signed_settings, name):
+    import hashlib
+
+    from newsletter.render import join_segments
+
+    edition = select_edition(date(2026, 6, 24), load_events(signed_settings.paths.events))
+    rendered = render_edition(edition, signed_settings)
+    assert rendered.body_hash is not None, "our templates allow the fast path"
+    values = rendered.values_for(Subscriber("ada@example.com", name))
+    body = join_segments(rendered.segments, rendered.slots, values).split(b"\r\n\r\n", 1)[1]
+    assert rendered.body_hash(values) == base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
