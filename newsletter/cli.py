@@ -23,7 +23,6 @@ import click
 
 from newsletter import config, events, selection, state, subscribers
 from newsletter.errors import NewsletterError
-from newsletter.ledger import DigestLedger, SQLiteLedger
 
 log = logging.getLogger("newsletter")
 
@@ -113,18 +112,14 @@ def _state_file(ctx: click.Context) -> Path:
     metavar="FILE",
     help="TOML configuration file (default: $NEWSLETTER_CONFIG, then ./newsletter.toml).",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details, with addresses in clear (else masked).")
 @click.version_option(package_name="onthisday-newsletter", prog_name="newsletter")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     """What happened today in history? Build, publish and send the daily edition."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if verbose:
-        logging.getLogger("newsletter").setLevel(logging.DEBUG)
+    from newsletter import logs
+
+    logs.setup(verbose)
     ctx.obj = Context(config_file)
 
 
@@ -288,40 +283,72 @@ def _publish_page(settings: config.Settings, day: date) -> None:
 
 
 @cli.command("status")
-@click.option("--date", "day", type=DATE, help="Show one edition in detail.")
+@click.option("--date", "day", type=DATE, help="Show one edition in detail: outcomes and the last replies of failures.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 @pass_ctx
-def status_command(ctx: Context, day: date | None) -> None:
-    """Show the editions in the ledger and their counts, then the subscribers by status and frequency."""
-    if state.connect_readonly(ctx.settings.paths.state) is None:
-        click.echo("no edition has been sent yet")
-        return
+def status_command(ctx: Context, day: date | None, as_json: bool) -> None:
+    """Show subscribers, suppressions, the last editions, test copies and what is due next in each zone."""
+    from newsletter import status
+
     with synced_list(ctx) as conn:
-        ledger, digests = SQLiteLedger(conn), DigestLedger(conn)
-        editions = state.recorded_editions(conn)
-        rows = (
-            [(day, editions.get(day, "-"), ledger.counts(day))]
-            if day
-            else [(when, editions.get(when, "-"), tally) for when, tally in ledger.editions()]
-        )
-        weekly = [(day, digests.counts(day))] if day else digests.editions()
-        rows += [(when, "weekly digest", tally) for when, tally in weekly if any(tally.values())]
-        counts = state.subscriber_counts(conn)
-    click.echo(f"{'date':<12}{'event':<44}{'delivered':>10}{'bounced':>9}{'failed':>8}{'pending':>9}")
-    for when, what, tally in sorted(rows, key=lambda row: (row[0], row[1] != "weekly digest"), reverse=True):
-        click.echo(
-            f"{when.isoformat():<12}{what[:43]:<44}{tally['delivered']:>10}{tally['bounced']:>9}{tally['failed']:>8}{tally['pending']:>9}"
-        )
-    click.echo("")
-    click.echo(subscriber_table(counts), nl=False)
+        if day:
+            data = status.edition_detail(conn, day)
+        else:
+            data = status.overview(ctx.settings, conn, datetime.now().astimezone())
+    if as_json:
+        click.echo(json.dumps(data, indent=1, ensure_ascii=False))
+    else:
+        click.echo(edition_text(data) if day else overview_text(data), nl=False)
 
 
-def subscriber_table(counts: dict[tuple[str, str], int]) -> str:
+def overview_text(data: dict[str, Any]) -> str:
+    """The status overview as tables, one section after another."""
+    parts = [subscriber_table(data["subscribers"])]
+    parts.append("suppressions: " + ", ".join(f"{n} {reason}" for reason, n in data["suppressions"].items()) + "\n")
+    columns = ("date", "event", "delivered", "bounced", "failed", "pending", "skipped")
+    if data["editions"]:
+        parts.append(table_text(columns, [[str(e[c]) for c in columns] for e in data["editions"]]))
+    else:
+        parts.append("editions: none sent yet\n")
+    parts.append(_test_copies_text(data["test_copies"]))
+    due = [
+        [z["zone"], str(z["readers"]), z["date"], "now" if z["due_now"] else _local(z["at"])] for z in data["next_due"]
+    ]
+    parts.append(
+        "next due:\n" + table_text(("zone", "readers", "edition", "at"), due) if due else "next due: no readers\n"
+    )
+    return "\n".join(parts)
+
+
+def edition_text(data: dict[str, Any]) -> str:
+    """One edition in detail: counts, then every recipient that did not get it with the last reply."""
+    counts = ", ".join(f"{status} {n}" for status, n in data["counts"].items())
+    lines = [f"date: {data['date']}", f"event: {data['event'] or '-'}", counts]
+    if any(data["digest_counts"].values()):
+        lines.append("weekly digests: " + ", ".join(f"{status} {n}" for status, n in data["digest_counts"].items()))
+    failures = [[f["status"], f["email"], str(f["attempts"]), f["last_reply"] or "-"] for f in data["not_delivered"]]
+    text = "\n".join(lines) + "\n"
+    if failures:
+        text += "\n" + table_text(("outcome", "email", "attempts", "last reply"), failures)
+    return text + "\n" + _test_copies_text(data["tests"])
+
+
+def _test_copies_text(copies: list[dict[str, Any]]) -> str:
+    if not copies:
+        return "test copies: none\n"
+    rows = [[c["date"], c["email"], c["status"], c["sent_at"], c["last_reply"]] for c in copies]
+    return "test copies:\n" + table_text(("date", "to", "outcome", "sent", "reply"), rows)
+
+
+def _local(moment: str) -> str:
+    """'2026-06-26T07:00:00+01:00' for people: '2026-06-26 07:00 +0100' (the zone's own clock)."""
+    return f"{datetime.fromisoformat(moment):%Y-%m-%d %H:%M %z}"
+
+
+def subscriber_table(counts: dict[str, dict[str, int]]) -> str:
     """The list's counts by status (rows) and frequency (columns)."""
     header = ("subscribers", *state.FREQUENCIES, "total")
-    rows = []
-    for status in state.SUBSCRIBER_STATUSES:
-        cells = [counts.get((status, frequency), 0) for frequency in state.FREQUENCIES]
-        rows.append([status, *map(str, cells), str(sum(cells))])
+    rows = [[status, *(str(row[c]) for c in (*state.FREQUENCIES, "total"))] for status, row in counts.items()]
     return table_text(header, rows)
 
 

@@ -101,6 +101,7 @@ class WebSettings:
     port: int = 8080
     confirm_hours: float = 48.0  # lifetime of a double opt-in link
     signup_limit: int = 3  # sign-up emails per address per hour
+    legacy_link_days: float = 180.0  # old-form links (the address inside) still work this long after the upgrade
 
 
 SECTIONS: dict[str, type] = {
@@ -323,6 +324,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"{where}: 'smtp.rate_limit', 'smtp.max_per_hour', 'smtp.timeout', 'smtp.retry_delay' and 'smtp.retry_window' must be positive or 0"
         )
+    if settings.web.legacy_link_days < 0:
+        raise ConfigError(f"{where}: 'web.legacy_link_days' must not be negative")
     if not 0 < settings.web.port < 65536:
         raise ConfigError(f"{where}: 'web.port' must be between 1 and 65535")
 

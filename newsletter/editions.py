@@ -31,7 +31,7 @@ from newsletter.mail.wire import wire_data
 from newsletter.render import RenderedEdition, render_edition
 from newsletter.selection import Edition, select_edition
 from newsletter.sending.engine import SendResult, send_edition
-from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients, sync_csv
+from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients, sync_csv, with_public_ids
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> Dry
         recipients = iter_recipients(settings.paths.subscribers, conn, tally)
         done = SQLiteLedger(conn).finished(day) if conn else frozenset()
         pending = (s for s in recipients if s.key not in done and s.key not in digest_keys)
-        count = write_outbox(rendered, pending, outbox) if outbox else sum(1 for _ in pending)
+        count = write_outbox(rendered, with_public_ids(pending, conn), outbox) if outbox else sum(1 for _ in pending)
         return DryRun(edition, rendered, count, tally, len(done), digests)
     finally:
         if conn:
@@ -241,7 +241,8 @@ def send_test_copy(settings: Settings, day: date, address: str) -> str:
 
 def send_test(settings: Settings, rendered: RenderedEdition, address: str, ledger: SQLiteLedger) -> str:
     """Send one test copy to an address, recorded apart from the edition; return the server's reply."""
-    subscriber = Subscriber(address, "")
+    row = state.find_subscriber(ledger.conn, address)  # a reader's own copy carries their working unsubscribe link
+    subscriber = Subscriber(address, "", public_id=row["public_id"] if row else "")
     message_id = rendered.message_id_for(subscriber)
     connection = Connection(settings)
     try:

@@ -117,15 +117,17 @@ class SQLiteLedger:
         while True:
             with self._lock:
                 rows = self.conn.execute(
-                    f"SELECT rowid, address, name, timezone, attempts, message_id FROM deliveries d WHERE day = ? AND status IN ({marks}) "
-                    f"AND {scope} AND rowid > ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
-                    "ORDER BY rowid LIMIT ?",
+                    "SELECT d.rowid, d.address, d.name, d.timezone, d.attempts, d.message_id, "
+                    "COALESCE(u.public_id, '') FROM deliveries d LEFT JOIN subscribers u ON u.email = d.email "
+                    f"WHERE d.day = ? AND d.status IN ({marks}) AND {scope} AND d.rowid > ? "
+                    "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
+                    "ORDER BY d.rowid LIMIT ?",
                     (day.isoformat(), *statuses, *scoped, last, chunk),
                 ).fetchall()
             if not rows:
                 return
             for row in rows:
-                yield Due(row[0], Subscriber(row[1], row[2], row[3]), row[4], row[5] or "")
+                yield Due(row[0], Subscriber(row[1], row[2], row[3], public_id=row[6]), row[4], row[5] or "")
             last = rows[-1][0]
 
     def finished(self, day: date) -> frozenset[str]:

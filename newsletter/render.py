@@ -158,9 +158,9 @@ def preferences_base(settings: Settings) -> str:
     return urljoin(settings.newsletter.base_url, "preferences?token=")
 
 
-def unsubscribe_url(settings: Settings, email: str, secret: str) -> str:
-    """Return the one-click unsubscribe URL with a token that cannot be forged."""
-    return unsubscribe_base(settings) + tokens.make_token(secret, email, list_id(settings))
+def unsubscribe_url(settings: Settings, public_id: str, secret: str) -> str:
+    """Return the one-click unsubscribe URL of a subscriber's public id: nothing in it names the reader."""
+    return unsubscribe_base(settings) + tokens.make_link_token(secret, list_id(settings), public_id, "unsubscribe")
 
 
 def message_id(settings: Settings, day: date, email: str, kind: str = "edition") -> str:
@@ -220,7 +220,8 @@ class RenderedEdition:
     def values_for(self, subscriber: Subscriber, message_id: str = "") -> dict[bytes, bytes]:
         """The bytes that replace each placeholder for one subscriber: one line each, never CR or LF."""
         name = clean_line(subscriber.name) if subscriber.name else ""
-        token = tokens.make_token(self.secret, subscriber.email, self.list_id)
+        link_id = subscriber.public_id or tokens.NO_ID  # no id (a sample): links that open nothing
+        token = tokens.make_link_token(self.secret, self.list_id, link_id, "unsubscribe")
         url = self.unsubscribe_base + token
         preferences = self.preferences_base + token
         return {

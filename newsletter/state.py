@@ -180,6 +180,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_by_email ON deliveries (email, day);
         """,
     ),
+    (
+        "0071-link-tokens",
+        """
+        CREATE TABLE link_tokens (
+            form TEXT PRIMARY KEY,           -- 'public-id': links carry a random id and its HMAC, never the address
+            since TEXT NOT NULL              -- when this database first made them: old-form links expire from here
+        );
+        INSERT INTO link_tokens VALUES ('public-id', strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'));
+        """,
+    ),
 ]
 
 
@@ -328,6 +338,12 @@ def unsubscribed_since(conn: sqlite3.Connection, email: str, moment: str) -> boo
         (email.strip().lower(), moment),
     ).fetchone()
     return row is not None
+
+
+def link_tokens_since(conn: sqlite3.Connection) -> datetime:
+    """When links with public ids began on this database (old-form links are read for a grace period after)."""
+    row = conn.execute("SELECT since FROM link_tokens WHERE form = 'public-id'").fetchone()
+    return datetime.fromisoformat(row[0]) if row else datetime.now(UTC)
 
 
 def first_notice(conn: sqlite3.Connection, kind: str, day: date, zone: str) -> bool:

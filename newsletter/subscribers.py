@@ -12,6 +12,7 @@ the same merge without writing, for dry runs and checks.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import re
 import secrets
@@ -46,6 +47,7 @@ class Subscriber:
     timezone: str = ""  # IANA zone or "" for the newsletter's zone
     frequency: str = "daily"  # "daily" | "weekly"
     weekday: str = "monday"  # a weekly reader's day, "monday" ... "sunday"
+    public_id: str = field(default="", compare=False)  # the list's random id for links; "" before the first sync
 
     @property
     def key(self) -> str:
@@ -271,6 +273,15 @@ def _csv_merged(rows: Iterable[Subscriber], conn: sqlite3.Connection | None) -> 
             yield (subscriber if row is None else subscriber_of(row)), 1
 
 
+def with_public_ids(subscribers: Iterable[Subscriber], conn: sqlite3.Connection | None) -> Iterator[Subscriber]:
+    """The subscribers with the list's public id filled in (for links), looked up 500 at a time."""
+    for chunk in _chunks(subscribers, 500):
+        found = state.subscriber_rows_for(conn, sorted({s.key for s in chunk})) if conn else {}
+        for subscriber in chunk:
+            row = found.get(subscriber.key)
+            yield dataclasses.replace(subscriber, public_id=row["public_id"]) if row is not None else subscriber
+
+
 def _rest_of_list(conn: sqlite3.Connection | None) -> Iterator[tuple[Subscriber, int]]:
     """The list's rows that did not come from the CSV (those did, or they leave at the next sync)."""
     if conn is None:
@@ -292,7 +303,7 @@ def _chunks(items: Iterable[Subscriber], size: int) -> Iterator[list[Subscriber]
 
 def subscriber_of(row: sqlite3.Row) -> Subscriber:
     """The Subscriber of a list row."""
-    return Subscriber(row["address"], row["name"], row["timezone"], row["frequency"], row["weekday"])
+    return Subscriber(row["address"], row["name"], row["timezone"], row["frequency"], row["weekday"], row["public_id"])
 
 
 def _suppressed(conn: sqlite3.Connection | None) -> frozenset[str]:

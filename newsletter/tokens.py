@@ -1,8 +1,14 @@
-"""Signed tokens for links in emails: unsubscribe (no expiry) and sign-up confirmation (expiring).
+"""Tokens for links in emails: one spelling, nothing inside but a random id and its HMAC.
 
-A token carries the address it is for, so the web side needs no lookup table, and an
-HMAC-SHA256 over (purpose, list id, address, expiry) with NEWSLETTER_SECRET, so that it
-cannot be forged or altered.
+A link token is 64 lowercase hex characters: a random id (32) and an HMAC-SHA256 over
+(purpose, list id, that id) with NEWSLETTER_SECRET, truncated to 128 bits (32). The id is a
+subscriber's ``public_id`` (unsubscribe and preference links) or a sign-up request's id
+(confirmation links); the web side looks it up in the state database. So a token tells a
+proxy or an analytics log nothing about its reader, and any other spelling (upper case,
+padding, spaces, an inserted byte) is refused before the HMAC is even computed.
+
+The old form (``make_token``/``read_token``: the address in base64 with an HMAC) is still
+read, for links already in readers' inboxes, during ``web.legacy_link_days``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,42 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
+from datetime import datetime, timedelta
+
+LINK_TOKEN = re.compile(r"[0-9a-f]{64}")  # the only spelling; re.fullmatch, so no newline slips through
+LINK_ID = re.compile(r"[0-9a-f]{32}")
+NO_ID = "0" * 32  # stands for "no subscriber" (a sample or a test copy to an address not on the list)
+
+
+def _link_mac(secret: str, purpose: str, list_id: str, link_id: str) -> str:
+    message = "\0".join(("link", purpose, list_id, link_id)).encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()[:32]
+
+
+def make_link_token(secret: str, list_id: str, link_id: str, purpose: str) -> str:
+    """Return the token of an id (32 lowercase hex) for one purpose: 'unsubscribe', 'confirm', 'preferences'."""
+    if not LINK_ID.fullmatch(link_id):
+        raise ValueError(f"a link id is 32 lowercase hex characters, not {link_id!r}")
+    return link_id + _link_mac(secret, purpose, list_id, link_id)
+
+
+def read_link_token(secret: str, list_id: str, token: object, purpose: str) -> str | None:
+    """Return the id of a valid token, or None for anything else (forged, altered, respelled, another purpose)."""
+    if not isinstance(token, str) or not LINK_TOKEN.fullmatch(token):
+        return None
+    link_id, mac = token[:32], token[32:]
+    if link_id == NO_ID or not hmac.compare_digest(mac, _link_mac(secret, purpose, list_id, link_id)):
+        return None
+    return link_id
+
+
+def legacy_accepted(since: datetime, now: datetime, days: float) -> bool:
+    """Whether old-form links are still read: for ``days`` after the new form was first used."""
+    return now < since + timedelta(days=days)
+
+
+# The old form: the address inside. Read during the grace period; made only by tests and old links.
 
 
 def _b64(data: bytes) -> str:
@@ -27,7 +69,7 @@ def _mac(secret: str, purpose: str, list_id: str, email: str, expires: int) -> b
 
 
 def make_token(secret: str, email: str, list_id: str, *, purpose: str = "unsubscribe", expires: int = 0) -> str:
-    """Return a URL-safe token for an address; expires is a Unix time, 0 for never."""
+    """Return an old-form token (the address in base64); expires is a Unix time, 0 for never."""
     payload = _b64(email.encode("utf-8"))
     stamp = f".{expires:x}" if expires else ""
     return f"{payload}{stamp}.{_b64(_mac(secret, purpose, list_id, email, expires))}"
@@ -36,7 +78,7 @@ def make_token(secret: str, email: str, list_id: str, *, purpose: str = "unsubsc
 def read_token(
     secret: str, token: str, list_id: str, *, purpose: str = "unsubscribe", now: float | None = None
 ) -> str | None:
-    """Return the address of a valid token, or None if it is forged, altered, malformed or expired."""
+    """Return the address of a valid old-form token, or None if it is forged, altered, malformed or expired."""
     parts = token.strip().split(".")
     if len(parts) not in (2, 3):
         return None
@@ -50,4 +92,6 @@ def read_token(
         return None
     if expires and (now is None or now > expires):
         return None
+    if token != make_token(secret, email, list_id, purpose=purpose, expires=expires):
+        return None  # one spelling only: no padding, no '.0.', no spaces
     return email

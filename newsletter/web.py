@@ -95,8 +95,23 @@ class WebApp:
 
     # Unsubscribe -------------------------------------------------------------
 
+    def _reader(self, token: str, purpose: str = "unsubscribe") -> str | None:
+        """The address a link token stands for: by its public id, or in the old form during the grace period."""
+        with self.database() as conn:
+            public_id = tokens.read_link_token(self.secret, self.list_id, token, purpose)
+            if public_id is not None:
+                row = state.find_subscriber_by_public_id(conn, public_id)
+                return str(row["address"]) if row is not None else None
+            address = tokens.read_token(self.secret, token, self.list_id, purpose=purpose)
+            return address if address is not None and self._legacy_ok(conn) else None
+
+    def _legacy_ok(self, conn: sqlite3.Connection) -> bool:
+        """Old-form links (the address inside) are read for web.legacy_link_days after the new form began."""
+        since = state.link_tokens_since(conn)
+        return tokens.legacy_accepted(since, time_now(self.clock), self.settings.web.legacy_link_days)
+
     async def unsubscribe(self, request: Request) -> Response:
-        address = tokens.read_token(self.secret, request.query_params.get("token", ""), self.list_id)
+        address = await run_in_threadpool(self._reader, request.query_params.get("token", ""))
         if address is None:
             return self.page(
                 "message",
@@ -142,7 +157,7 @@ class WebApp:
     async def preferences(self, request: Request) -> Response:
         """The reader's own page: name, time zone, daily or weekly (and the weekday); unsubscribe one click away."""
         token = request.query_params.get("token", "")
-        address = tokens.read_token(self.secret, token, self.list_id)
+        address = await run_in_threadpool(self._reader, token)  # the unsubscribe link's token opens this page too
         if address is None:
             return self.page(
                 "message",
@@ -263,15 +278,9 @@ class WebApp:
         A refusal of the address itself (5xx) still returns True: the page must not reveal
         which addresses can receive mail.
         """
-        expires = int(self.clock() + self.settings.web.confirm_hours * 3600)
+        token = tokens.make_link_token(self.secret, self.list_id, secrets.token_hex(16), "confirm")
         with self.database() as conn, state.transaction(conn):
             conn.execute("DELETE FROM signup_requests WHERE created_at < ?", (self._cutoff(),))
-            while True:  # a token is fixed by address and expiry: two requests in one second get distinct ones
-                token = tokens.make_token(self.secret, address, self.list_id, purpose="confirm", expires=expires)
-                taken = conn.execute("SELECT 1 FROM signup_requests WHERE token_hash = ?", (token_hash(token),))
-                if taken.fetchone() is None:
-                    break
-                expires += 1
             conn.execute(
                 "INSERT INTO signup_requests (token_hash, email, name, timezone, created_at) VALUES (?, ?, ?, ?, ?)",
                 (
@@ -328,17 +337,17 @@ class WebApp:
         Mail scanners and link previews fetch every link in a message: a GET must never subscribe anyone.
         """
         token = request.query_params.get("token", "")
-        address = tokens.read_token(self.secret, token, self.list_id, purpose="confirm", now=self.clock())
-        if address is None:
+        status, address = await run_in_threadpool(self._request_status, token)
+        if status == "invalid":
             return self.page(
                 "message",
                 400,
                 heading="This link has expired or is not valid",
                 text="Confirmation links work for a limited time. Please sign up again to get a fresh one.",
             )
+        if status == "used":
+            return self._used_link_page()
         if request.method != "POST":
-            if not await run_in_threadpool(self._request_open, address, token):
-                return self._used_link_page()
             return self.page("confirm", csrf=self._csrf(request), address=address, token=token)
         form = await request.form()
         if not self._csrf_ok(request, form.get("csrf")):
@@ -348,9 +357,9 @@ class WebApp:
                 heading="Please try again",
                 text="This form has expired. Go back, reload the page and press the button again.",
             )
-        outcome = await run_in_threadpool(self._confirm, address, token)
+        outcome = await run_in_threadpool(self._confirm, token)
         log.info("confirmation of %s: %s", address, outcome)
-        if outcome == "used":
+        if outcome in ("used", "invalid"):  # used, or expired, between the page and the button
             return self._used_link_page()
         if outcome == "held":
             return self.page(
@@ -374,22 +383,42 @@ class WebApp:
             "If you want the daily email, please sign up again.",
         )
 
-    def _open_request(self, conn: sqlite3.Connection, address: str, token: str) -> sqlite3.Row | None:
-        """This link's own request (else one saved before requests were per link), unless an unsubscribe came later."""
-        key = address.lower()
-        row = conn.execute(
-            "SELECT name, timezone, token_hash, created_at FROM signup_requests WHERE token_hash IN (?, ?) AND email = ?",
-            (token_hash(token), f"legacy:{key}", key),
-        ).fetchone()
-        if row is None or state.unsubscribed_since(conn, key, row["created_at"]):
-            return None
-        return row
+    def _open_request(self, conn: sqlite3.Connection, token: str) -> tuple[str, sqlite3.Row | None]:
+        """('open', the request) for a link that can still confirm; ('invalid', None) or ('used', None) otherwise.
 
-    def _request_open(self, address: str, token: str) -> bool:
+        A new-form token names its request by a random id; an old-form one (the address and an
+        expiry inside) its own request or one saved before requests were per link. A request
+        the address unsubscribed after is void.
+        """
+        columns = "SELECT email, name, timezone, token_hash, created_at FROM signup_requests"
+        if tokens.read_link_token(self.secret, self.list_id, token, "confirm") is not None:
+            row = conn.execute(f"{columns} WHERE token_hash = ?", (token_hash(token),)).fetchone()
+            if row is not None and row["created_at"] < self._expiry_cutoff():
+                return "invalid", None
+        else:
+            address = tokens.read_token(self.secret, token, self.list_id, purpose="confirm", now=self.clock())
+            if address is None:
+                return "invalid", None
+            key = address.lower()
+            row = conn.execute(
+                f"{columns} WHERE token_hash IN (?, ?) AND email = ?", (token_hash(token), f"legacy:{key}", key)
+            ).fetchone()
+        if row is None or state.unsubscribed_since(conn, row["email"], row["created_at"]):
+            return "used", None
+        return "open", row
+
+    def _request_status(self, token: str) -> tuple[str, str]:
         with self.database() as conn:
-            return self._open_request(conn, address, token) is not None
+            status, row = self._open_request(conn, token)
+        return status, (str(row["email"]) if row is not None else "")
 
-    def _confirm(self, address: str, token: str) -> str:
+    def _expiry_cutoff(self) -> str:
+        """A request made before this has an expired link."""
+        return datetime.fromtimestamp(self.clock() - self.settings.web.confirm_hours * 3600, UTC).isoformat(
+            timespec="seconds"
+        )
+
+    def _confirm(self, token: str) -> str:
         """Add the subscriber with what its own request said: 'subscribed', 'held' (a bounce holds delivery) or 'used'.
 
         A link confirms once: confirming retires every open request of the address, and an
@@ -397,11 +426,11 @@ class WebApp:
         confirmation lifts an earlier unsubscribe, never a bounce: only the mail server can
         tell whether the address works again.
         """
-        key = address.lower()
         with self.database() as conn, state.transaction(conn):
-            row = self._open_request(conn, address, token)
+            status, row = self._open_request(conn, token)
             if row is None:
-                return "used"
+                return status
+            key = row["email"]
             state.add_subscriber(conn, key, name=row["name"], timezone=row["timezone"], source="web", replace=True)
             conn.execute("DELETE FROM signup_requests WHERE email = ?", (key,))
             conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed'", (key,))
@@ -486,7 +515,7 @@ class Guard:
 
 
 class MaskTokens(logging.Filter):
-    """Keep link tokens (which encode an address) out of the access log."""
+    """Keep link tokens out of the access log: each one can unsubscribe its reader (and an old-form one names them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

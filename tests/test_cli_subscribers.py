@@ -179,12 +179,16 @@ def test_a_dry_run_sees_the_list_exactly_as_the_sync_writes_it(tmp_path, csv_fil
     csv_file.write_text(
         "email,name,timezone\nada@example.com,Ada,\nbob@example.org,Robert,Europe/Rome\nnew@example.org,N,\n"
     )
-    before = sorted(map(astuple, iter_recipients(csv_file, conn, Tally(), None)))  # computed, nothing written
+
+    def values(subscriber):  # what the reader set; a row new in the file gets its public id at the sync
+        return astuple(subscriber)[:5]
+
+    before = sorted(map(values, iter_recipients(csv_file, conn, Tally(), None)))  # computed, nothing written
     sync_csv(csv_file, conn, Tally())
-    after = sorted(map(astuple, iter_recipients(csv_file, conn, Tally(), None)))
+    after = sorted(map(values, iter_recipients(csv_file, conn, Tally(), None)))
     from newsletter.subscribers import entries
 
-    table = sorted(astuple(e.subscriber) for e in entries(conn, "active"))
+    table = sorted(values(e.subscriber) for e in entries(conn, "active"))
     assert before == after == table
 
 

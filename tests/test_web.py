@@ -1,5 +1,8 @@
 """The web side, as a real server process on 127.0.0.1, driven by a real HTTP client."""
 
+import base64
+import binascii
+import contextlib
 import os
 import re
 import subprocess
@@ -69,7 +72,16 @@ def site(make_settings, event_folder, tmp_path, smtp_server):
     process.wait(timeout=10)
 
 
-def token_for(settings, address):
+def token_for(settings, address, purpose="unsubscribe"):
+    """The token of a reader's links, by the public id the list gave them (they are added if needed)."""
+    conn = state.connect(settings.paths.state)
+    if state.find_subscriber(conn, address) is None:
+        state.add_subscriber(conn, address, source="cli")
+    return tokens.make_link_token(SECRET, list_id(settings), state.find_subscriber(conn, address)["public_id"], purpose)
+
+
+def legacy_token_for(settings, address):
+    """An unsubscribe token of the old form (the address inside), as in links mailed before the upgrade."""
     return tokens.make_token(SECRET, address, list_id(settings))
 
 
@@ -96,7 +108,8 @@ def test_one_click_unsubscribe_as_mailbox_providers_send_it(site):
 
 def test_forged_or_altered_tokens_get_400_and_change_nothing(site):
     settings, client = site
-    forged = tokens.make_token("another-secret", "ada@example.com", list_id(settings))
+    public_id = token_for(settings, "ada@example.com")[:32]
+    forged = tokens.make_link_token("another-secret", list_id(settings), public_id, "unsubscribe")
     for token in (forged, token_for(settings, "ada@example.com")[:-3] + "AAA", "nonsense", ""):
         response = client.post(f"/unsubscribe?token={token}", data={"List-Unsubscribe": "One-Click"})
         assert response.status_code == 400
@@ -373,7 +386,8 @@ def test_a_link_sent_before_an_unsubscribe_never_subscribes(site, smtp_server):
     settings, client = site
     sign_up(client, "early@example.org")
     (link,) = confirmation_links(smtp_server, "early@example.org")
-    unsubscribe_one_click(settings, client, "early@example.org")  # the reader said no before confirming
+    legacy = legacy_token_for(settings, "early@example.org")  # the reader said no before confirming
+    assert client.post(f"/unsubscribe?token={legacy}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert confirm(client, link).status_code == 410
     assert web_subscriber(settings, "early@example.org") is None
     assert suppressed(settings) == {"early@example.org": "unsubscribed"}
@@ -406,3 +420,75 @@ def test_every_page_of_the_web_side_parses_under_a_strict_html5_parser_and_has_i
     assert (
         '<link rel="canonical" href="' + settings.newsletter.base_url + 'subscribe">' in client.get("/subscribe").text
     )
+
+
+# Link tokens: a random id and its HMAC, one spelling, nothing that names the reader.
+
+
+def edition_link_token(settings, smtp_server, address="ada@example.com"):
+    """The unsubscribe token in the List-Unsubscribe header of a real edition sent to an address."""
+    smtp_server.handler.messages.clear()
+    send_day(settings, date(2026, 6, 24))
+    (message,) = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == [address]]
+    https = str(message["List-Unsubscribe"]).split(",")[0].strip().strip("<>")
+    return https.split("token=")[1]
+
+
+def decodings(token):
+    """What someone holding a token could try to read out of it."""
+    yield token.encode()
+    for decode in (bytes.fromhex, base64.urlsafe_b64decode, base64.b64decode, base64.b32decode):
+        with contextlib.suppress(ValueError, binascii.Error):
+            yield decode(token.upper() if decode is base64.b32decode else token + "=" * (-len(token) % 4))
+
+
+def test_no_token_in_an_edition_or_a_confirmation_decodes_to_an_address(site, smtp_server):
+    settings, client = site
+    unsubscribe = edition_link_token(settings, smtp_server)
+    sign_up(client, "private@example.org")
+    (link,) = confirmation_links(smtp_server, "private@example.org")
+    confirmation = link.split("token=")[1]
+    for token, address in ((unsubscribe, b"ada@example.com"), (confirmation, b"private@example.org")):
+        assert tokens.LINK_TOKEN.fullmatch(token)
+        for decoded in decodings(token):
+            assert address not in decoded.lower() and address.split(b"@")[0] not in decoded.lower()
+
+
+def test_every_altered_spelling_of_a_token_is_refused_and_changes_nothing(site, smtp_server):
+    settings, client = site
+    token = edition_link_token(settings, smtp_server)
+    legacy = legacy_token_for(settings, "ada@example.com")
+    payload, mac = legacy.split(".")
+    variants = [
+        token.upper(), token + "==", f" {token}", f"{token} ", token[:32] + ".0." + token[32:], token + "0",
+        token[:-1], token[:-1] + ("1" if token[-1] == "0" else "0"), token[:5] + ("1" if token[5] == "0" else "0") + token[6:],
+        f"{legacy}==", f"{payload}.0.{mac}", f" {legacy}", f"{payload}==.{mac}", legacy.upper(),
+    ]  # fmt: skip
+    before = dump(settings)
+    for variant in variants:
+        one_click = client.post("/unsubscribe", params={"token": variant}, data={"List-Unsubscribe": "One-Click"})
+        page = client.get("/unsubscribe", params={"token": variant})
+        assert (one_click.status_code, page.status_code) == (400, 400), repr(variant)
+    assert dump(settings) == before and suppressed(settings) == {}
+    done = client.post("/unsubscribe", params={"token": token}, data={"List-Unsubscribe": "One-Click"})
+    assert done.status_code == 200 and suppressed(settings) == {"ada@example.com": "unsubscribed"}
+
+
+def test_old_form_links_still_work_within_the_grace_period(site):
+    settings, client = site
+    legacy = legacy_token_for(settings, "ada@example.com")  # a link mailed before the upgrade
+    page = client.get(f"/unsubscribe?token={legacy}")
+    assert page.status_code == 200 and "ada@example.com" in page.text
+    assert client.post(f"/unsubscribe?token={legacy}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert suppressed(settings) == {"ada@example.com": "unsubscribed"}
+
+
+def test_the_log_masks_addresses(site, smtp_server, tmp_path):
+    settings, client = site
+    client.post(f"/unsubscribe?token={token_for(settings, 'ada@example.com')}", data={"List-Unsubscribe": "One-Click"})
+    sign_up(client, "masked@example.org")
+    confirm(client, confirmation_links(smtp_server, "masked@example.org")[0])
+    time.sleep(0.3)  # let the server flush its log
+    log = (tmp_path / "serve.log").read_text()
+    assert "a***@example.com" in log and "m***@example.org" in log
+    assert "ada@example.com" not in log and "masked@example.org" not in log

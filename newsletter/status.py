@@ -1,0 +1,130 @@
+"""The operator's view: what ``newsletter status`` shows, as plain data (the CLI prints it as text or JSON).
+
+Read-only over the state database: subscribers by status and frequency, suppressions by
+reason, the last editions with their counts, the last test copies, and when each zone is
+due next; for one date, that edition's outcomes and the last replies of its failures.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from newsletter import state
+from newsletter.config import Settings
+from newsletter.ledger import STATUSES, DigestLedger, SQLiteLedger
+from newsletter.scheduler import plan, send_moment
+from newsletter.subscribers import Tally, iter_recipients
+
+EDITIONS_SHOWN = 7
+TEST_COPIES_SHOWN = 5
+FAILURES_SHOWN = 20
+
+
+def overview(settings: Settings, conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+    """Everything ``status`` shows without --date."""
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    return {
+        "subscribers": subscriber_counts(conn),
+        "suppressions": suppression_counts(conn),
+        "editions": last_editions(conn),
+        "test_copies": test_copies(conn),
+        "next_due": next_due(settings, conn, now),
+    }
+
+
+def subscriber_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """{status: {frequency: count, 'total': count}} for every status, zeros included."""
+    counts = state.subscriber_counts(conn)
+    table: dict[str, dict[str, int]] = {}
+    for status in state.SUBSCRIBER_STATUSES:
+        row = {frequency: counts.get((status, frequency), 0) for frequency in state.FREQUENCIES}
+        table[status] = {**row, "total": sum(row.values())}
+    return table
+
+
+def suppression_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Suppressed addresses by reason (on the list or not), the usual reasons always present."""
+    found = dict.fromkeys(("unsubscribed", "bounced", "complained"), 0)
+    for reason, count in conn.execute("SELECT reason, COUNT(*) FROM suppressions GROUP BY reason ORDER BY reason"):
+        found[reason] = count
+    return found
+
+
+def last_editions(conn: sqlite3.Connection, limit: int = EDITIONS_SHOWN) -> list[dict[str, Any]]:
+    """The newest dates in the ledger, newest first: each edition with its event, then that date's weekly digests."""
+    events = state.recorded_editions(conn)
+    rows = [
+        {"date": day.isoformat(), "kind": "edition", "event": events.get(day, ""), **counts}
+        for day, counts in SQLiteLedger(conn).editions()[:limit]
+    ]
+    rows += [
+        {"date": day.isoformat(), "kind": "digest", "event": "weekly digest", **counts}
+        for day, counts in DigestLedger(conn).editions()[:limit]
+        if any(counts.values())
+    ]
+    rows.sort(key=lambda row: (row["date"], row["kind"] == "edition"), reverse=True)
+    return rows[: limit * 2]
+
+
+def test_copies(conn: sqlite3.Connection, limit: int = TEST_COPIES_SHOWN) -> list[dict[str, Any]]:
+    """The newest ``send --to`` copies."""
+    rows = conn.execute(
+        "SELECT day, email, status, last_reply, sent_at FROM test_sends ORDER BY id DESC LIMIT ?", (limit,)
+    )
+    return [dict(zip(("date", "email", "status", "last_reply", "sent_at"), row, strict=True)) for row in rows]
+
+
+def next_due(settings: Settings, conn: sqlite3.Connection, now: datetime) -> list[dict[str, Any]]:
+    """For each zone with daily readers: the next edition, when it goes, and how many readers it is for."""
+    found = plan(now, iter_recipients(settings.paths.subscribers, conn, Tally()), settings)
+    rows = []
+    for zone, readers in sorted(found.readers.items()):
+        info = ZoneInfo(zone)
+        day = now.astimezone(info).date()
+        moment = send_moment(day, settings.newsletter.send_time, info)
+        if now >= moment and not _pending(settings, conn, day, zone, readers, now, moment):
+            day += timedelta(days=1)
+            moment = send_moment(day, settings.newsletter.send_time, info)
+        rows.append(
+            {
+                "zone": zone,
+                "readers": readers,
+                "date": day.isoformat(),
+                "at": moment.isoformat(),
+                "due_now": now >= moment,
+            }
+        )
+    return rows
+
+
+def _pending(
+    settings: Settings, conn: sqlite3.Connection, day: date, zone: str, readers: int, now: datetime, moment: datetime
+) -> bool:
+    """True while today's edition of a zone is still to be sent: inside the catch-up window, readers unmailed."""
+    if now > moment + timedelta(hours=settings.newsletter.catchup_hours):
+        return False
+    return state.mailed_in_zone(conn, day, zone, settings.newsletter.timezone) < readers
+
+
+def edition_detail(conn: sqlite3.Connection, day: date, limit: int = FAILURES_SHOWN) -> dict[str, Any]:
+    """One edition: its event, counts per status, and the recipients that did not get it, with the last replies."""
+    counts = SQLiteLedger(conn).counts(day)
+    digests = DigestLedger(conn).counts(day)
+    rows = conn.execute(  # editions and digests alike: a reader gets one message a date
+        "SELECT address, status, attempts, last_reply, updated_at FROM deliveries "
+        "WHERE day = ? AND status IN ('failed', 'bounced', 'skipped') ORDER BY status, updated_at DESC LIMIT ?",
+        (day.isoformat(), limit),
+    )
+    keys = ("email", "status", "attempts", "last_reply", "updated_at")
+    return {
+        "date": day.isoformat(),
+        "event": state.recorded_editions(conn).get(day, ""),
+        "counts": {status: counts.get(status, 0) for status in STATUSES},
+        "digest_counts": {status: digests.get(status, 0) for status in STATUSES},
+        "not_delivered": [dict(zip(keys, row, strict=True)) for row in rows],
+        "tests": [copy for copy in test_copies(conn, limit) if copy["date"] == day.isoformat()],
+    }
