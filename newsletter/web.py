@@ -96,12 +96,15 @@ class WebApp:
     # Unsubscribe -------------------------------------------------------------
 
     def _reader(self, token: str, purpose: str = "unsubscribe") -> str | None:
-        """The address a link token stands for: by its public id, or in the old form during the grace period."""
+        """The address a link token stands for: by its public id, or in the old form during the grace period.
+
+        None for a token we did not make; '' for one of ours whose reader is no longer on the list.
+        """
         with self.database() as conn:
             public_id = tokens.read_link_token(self.secret, self.list_id, token, purpose)
             if public_id is not None:
                 row = state.find_subscriber_by_public_id(conn, public_id)
-                return str(row["address"]) if row is not None else None
+                return str(row["address"]) if row is not None else ""
             address = tokens.read_token(self.secret, token, self.list_id, purpose=purpose)
             return address if address is not None and self._legacy_ok(conn) else None
 
@@ -112,7 +115,7 @@ class WebApp:
 
     async def unsubscribe(self, request: Request) -> Response:
         address = await run_in_threadpool(self._reader, request.query_params.get("token", ""))
-        if address is None:
+        if not address:
             return self.page(
                 "message",
                 400,
@@ -171,7 +174,7 @@ class WebApp:
                 "message",
                 404,
                 heading="We have no subscription for this address",
-                text=f"{address} is not on our list. You can sign up again on the subscribe page.",
+                text=f"{address or 'This address'} is not on our list. You can sign up again on the subscribe page.",
             )
         values = {
             "name": entry.name,

@@ -67,7 +67,7 @@ def test_json_for_scripts(sent):
     data = json.loads(status(sent, "--json"))
     assert set(data) == {"subscribers", "suppressions", "editions", "test_copies", "next_due"}
     assert data["editions"][0] == {
-        "date": "2026-06-24", "event": "06-24-first-thing",
+        "date": "2026-06-24", "kind": "edition", "event": "06-24-first-thing",
         "pending": 0, "delivered": 2, "failed": 1, "bounced": 1, "skipped": 0,
     }  # fmt: skip
     assert data["test_copies"][0]["email"] == "me@example.org" and data["test_copies"][0]["status"] == "delivered"

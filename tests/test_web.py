@@ -5,6 +5,7 @@ import binascii
 import contextlib
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from datetime import date
 import httpx
 import pytest
 
-from newsletter import state, tokens
+from newsletter import state, subscribers, tokens
 from newsletter.editions import send_day
 from newsletter.render import list_id
 from tests.conftest import free_port, strict_html
@@ -73,11 +74,15 @@ def site(make_settings, event_folder, tmp_path, smtp_server):
 
 
 def token_for(settings, address, purpose="unsubscribe"):
-    """The token of a reader's links, by the public id the list gave them (they are added if needed)."""
+    """The token of a reader's links, by the public id the list gave them (the CSV synced first).
+
+    For an address not on the list: a well-made token of an id nobody has.
+    """
     conn = state.connect(settings.paths.state)
-    if state.find_subscriber(conn, address) is None:
-        state.add_subscriber(conn, address, source="cli")
-    return tokens.make_link_token(SECRET, list_id(settings), state.find_subscriber(conn, address)["public_id"], purpose)
+    subscribers.sync_csv(settings.paths.subscribers, conn, subscribers.Tally())
+    row = state.find_subscriber(conn, address)
+    public_id = row["public_id"] if row is not None else secrets.token_hex(16)
+    return tokens.make_link_token(SECRET, list_id(settings), public_id, purpose)
 
 
 def legacy_token_for(settings, address):
@@ -492,3 +497,15 @@ def test_the_log_masks_addresses(site, smtp_server, tmp_path):
     log = (tmp_path / "serve.log").read_text()
     assert "a***@example.com" in log and "m***@example.org" in log
     assert "ada@example.com" not in log and "masked@example.org" not in log
+
+
+def test_get_and_head_change_nothing_anywhere_on_the_site(site, smtp_server):
+    settings, client = site
+    sign_up(client, "visitor@example.org")
+    (link,) = confirmation_links(smtp_server, "visitor@example.org")
+    unsubscribe = f"/unsubscribe?token={token_for(settings, 'ada@example.com')}"
+    before = dump(settings)
+    for path in (link, unsubscribe, "/subscribe", "/", "/no/such/page"):
+        client.head(path)
+        client.get(path)
+    assert dump(settings) == before and suppressed(settings) == {}
