@@ -102,3 +102,25 @@ def test_old_links_are_read_for_the_grace_period_only():
     assert legacy_accepted(since, since + timedelta(days=179, hours=23), 180)
     assert not legacy_accepted(since, since + timedelta(days=180), 180)
     assert not legacy_accepted(since, since, 0)  # 0: refused from the upgrade on
+
+
+def test_outbox_messages_carry_each_readers_own_working_link(settings, tmp_path):
+    import email
+    from datetime import date
+    from email.utils import parseaddr
+
+    from newsletter import state
+    from newsletter.editions import dry_run
+    from newsletter.render import list_id
+    from newsletter.subscribers import Tally, sync_csv
+
+    conn = state.connect(settings.paths.state)
+    sync_csv(settings.paths.subscribers, conn, Tally())
+    dry_run(settings, date(2026, 6, 24), outbox=tmp_path / "outbox")
+    files = sorted((tmp_path / "outbox").iterdir())
+    assert files
+    for file in files:
+        message = email.message_from_bytes(file.read_bytes())
+        token = str(message["List-Unsubscribe"]).split("token=")[1].split(">")[0]
+        public_id = state.find_subscriber(conn, parseaddr(message["To"])[1])["public_id"]
+        assert read_link_token("test-secret", list_id(settings), token, "unsubscribe") == public_id
