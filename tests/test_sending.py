@@ -299,3 +299,42 @@ def test_subscribers_check_warns_beforehand_about_addresses_that_need_smtputf8(s
         "only if the SMTP server offers SMTPUTF8, else it is recorded as not sendable"
     )
     assert lines[1].endswith(": 3 rows, 0 bad")
+
+
+class LimitedController(BusyController):
+    """A server that admits at most ``limit`` sessions at once and answers 421 at the greeting to the others."""
+
+    def __init__(self, handler, limit, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.limit, self.active = limit, 0
+
+    def factory(self):
+        if self.active >= self.limit:
+            return Busy(self.handler, **self.SMTP_kwargs)
+        controller = self
+
+        class Counted(SMTP):
+            def connection_made(self, transport):
+                controller.active += 1
+                super().connection_made(transport)
+
+            def connection_lost(self, exc):
+                controller.active -= 1
+                super().connection_lost(exc)
+
+        return Counted(self.handler, **self.SMTP_kwargs)
+
+
+def test_a_server_that_admits_fewer_connections_than_configured_slows_the_run_but_does_not_stop_it(sender):
+    handler = FaultyHandler()
+    handler.delay = 0.05
+    controller = LimitedController(handler, limit=2)
+    controller.start()
+    try:
+        settings = sender(controller.port, count=40, smtp="connections = 4\n", timeout=1)
+        result = send_day(settings, DAY)
+    finally:
+        controller.stop()
+    assert (result.delivered, result.failed) == (40, 0)
+    assert sorted(handler.recipients()) == sorted(READERS[:40])
+    assert all(row["attempts"] == 1 for row in ledger_rows(settings).values())

@@ -108,6 +108,7 @@ class Connection:
         self.settings = settings
         self.before_data = before_data
         self.server: smtplib.SMTP | None = None
+        self.failures = 0  # failed openings in a row, for the sending engine's backoff
 
     @property
     def is_open(self) -> bool:

@@ -162,8 +162,10 @@ class Relay:
         self.lock = threading.Lock()
 
     def opened(self) -> None:
-        with self.lock:
-            self.failures, self.since = 0, None
+        """A connection opened or a message was accepted: the server is reachable."""
+        if self.failures:
+            with self.lock:
+                self.failures, self.since = 0, None
 
     def failed(self, started: float, error: str) -> bool:
         """Count a failed opening that began at ``started``; True when the run should give up."""
@@ -368,36 +370,40 @@ def _deliver(run: Run, connection: Connection, work: Work, ticket: list[int]) ->
             run.stop.wait(min(run.backoff(1), RECONNECT_CAP))  # the connection's own backoff before reopening
     else:
         ticket[0] = run.accepted.add(subscriber.email, reply)
+        run.relay.opened()  # the server is there: a streak of failed openings elsewhere starts again
         run.queue.done(work)
         run.count("delivered")
 
 
 def _open(run: Run, connection: Connection, work: Work) -> bool:
-    """Make sure the connection is open; on failure put the recipient back untouched and back off."""
+    """Make sure the connection is open; on failure put the recipient back untouched (for any connection) and back off.
+
+    The run gives up only when no connection could be opened, and nothing was delivered,
+    for RELAY_PATIENCE seconds: a server that admits fewer connections than smtp.connections
+    slows a run down but does not stop it.
+    """
     if connection.is_open:
         return True
-    failures = 0
-    while not run.stop.is_set():
-        started = run.clock()
-        try:
-            connection.open()
-        except CannotConnect as exc:
-            failures += 1
-            log.debug("%s", exc)
-            if run.relay.failed(started, str(exc)):
-                run.queue.done(work)
-                run.halt(run.relay.give_up_message(), relay=True)
-                return False
-            run.stop.wait(min(run.backoff(failures), RECONNECT_CAP))
-            continue
-        except Abort as exc:
+    started = run.clock()
+    try:
+        connection.open()
+    except CannotConnect as exc:
+        connection.failures += 1
+        log.debug("%s", exc)
+        if run.relay.failed(started, str(exc)):
             run.queue.done(work)
-            run.halt(str(exc), relay=True)
+            run.halt(run.relay.give_up_message(), relay=True)
             return False
-        run.relay.opened()
-        return True
-    run.queue.done(work)
-    return False
+        run.queue.again(work, run.clock())  # no attempt counted: the relay's fault, not the recipient's
+        run.stop.wait(min(run.backoff(connection.failures), RECONNECT_CAP))
+        return False
+    except Abort as exc:
+        run.queue.done(work)
+        run.halt(str(exc), relay=True)
+        return False
+    connection.failures = 0
+    run.relay.opened()
+    return True
 
 
 def _temporary(run: Run, work: Work, exc: Temporary) -> None:
