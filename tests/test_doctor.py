@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from newsletter.cli import cli
-from newsletter.doctor import run_checks
+from newsletter.doctor import run_checks, smtp_checks
 from tests.conftest import RecordingHandler, free_port
 
 TODAY = date(2026, 6, 25)
@@ -128,20 +128,20 @@ def test_a_finished_deployment_passes_every_check_and_gets_its_dkim_record(deplo
 
 def test_a_plain_relay_without_auth(deployment, relay):
     server = relay("plain")
-    checks = run_checks(deployment(server.port, 'security = "none"\n'), TODAY)
+    checks = smtp_checks(deployment(server.port, 'security = "none"\n'))
     assert [verdicts(checks)[name] for name in ("smtp", "starttls", "auth", "sender")] == ["ok", "skip", "skip", "ok"]
 
 
 def test_auth_without_starttls(deployment, relay):
     server = relay("auth")
-    checks = run_checks(deployment(server.port, 'security = "none"\nusername = "mailer"\n'), TODAY)
+    checks = smtp_checks(deployment(server.port, 'security = "none"\nusername = "mailer"\n'))
     assert verdicts(checks)["auth"] == "ok" and verdicts(checks)["sender"] == "ok"
 
 
 def test_a_wrong_password_fails_with_the_servers_reply(deployment, relay, monkeypatch):
     server = relay("starttls+auth")
     settings = deployment(server.port, 'security = "starttls"\nusername = "mailer"\n', password="wrong")
-    checks = run_checks(settings, TODAY)
+    checks = smtp_checks(settings)
     assert line(checks, "auth").startswith("FAIL auth: refused for 'mailer': 535")
     assert "sender" not in verdicts(checks)  # nothing after a failed step
     monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
@@ -153,27 +153,27 @@ def test_a_wrong_password_fails_with_the_servers_reply(deployment, relay, monkey
 
 def test_a_relay_that_wants_auth_when_none_is_configured(deployment, relay):
     server = relay("auth")
-    checks = run_checks(deployment(server.port, 'security = "none"\n'), TODAY)
+    checks = smtp_checks(deployment(server.port, 'security = "none"\n'))
     assert verdicts(checks)["auth"] == "skip"
     assert line(checks, "sender").startswith("FAIL sender: MAIL FROM:<history@example.org> refused: 530")
 
 
 def test_starttls_configured_but_not_offered(deployment, relay):
     server = relay("plain")
-    checks = run_checks(deployment(server.port, 'security = "starttls"\n'), TODAY)
+    checks = smtp_checks(deployment(server.port, 'security = "starttls"\n'))
     assert line(checks, "starttls") == "FAIL starttls: the server does not offer STARTTLS (smtp.security = starttls)"
 
 
 def test_an_untrusted_certificate_fails_starttls(make_settings, relay, tmp_path):
     server = relay("starttls+auth")
     toml = f'[smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "starttls"\ntimeout = 5\n'  # no ca_file
-    checks = run_checks(make_settings(toml, state=tmp_path / "var"), TODAY)
+    checks = smtp_checks(make_settings(toml, state=tmp_path / "var"))
     assert verdicts(checks)["starttls"] == "FAIL" and "CERTIFICATE_VERIFY_FAILED" in line(checks, "starttls")
 
 
 def test_an_unreachable_relay(deployment):
     port = free_port()  # nothing listens there
-    checks = run_checks(deployment(port), TODAY)
+    checks = smtp_checks(deployment(port))
     assert line(checks, "smtp").startswith(f"FAIL smtp: cannot connect to 127.0.0.1:{port}")
     assert "starttls" not in verdicts(checks)
 

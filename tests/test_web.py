@@ -344,6 +344,7 @@ def test_get_and_head_of_a_confirmation_link_change_nothing(site, smtp_server):
         page = client.get(link)
         assert page.status_code == 200 and page.text.count("<button") == 1 and 'method="post"' in page.text
         assert "You are subscribed" not in page.text
+        strict_html(page.text)
     assert dump(settings) == before
     assert web_subscriber(settings, "scanned@example.org") is None
 
