@@ -440,7 +440,7 @@ def run_command(ctx: Context, once: bool, heartbeat: float, start: str | None) -
         for sent in beat.sends:
             click.echo(sent.summary())
         if not beat.ok:
-            sys.exit(1)
+            sys.exit(beat.exit_code)
         return
 
     def stop(signum: int, frame: Any) -> None:

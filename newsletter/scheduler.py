@@ -24,7 +24,7 @@ import schedule
 from newsletter import state
 from newsletter.config import Settings
 from newsletter.editions import SendResult, send_day
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, RelayDown
 from newsletter.subscribers import Subscriber, Tally, iter_recipients
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,20 @@ class Beat:
     sends: list[SendResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     published: bool = False
+    relay_down: bool = False  # a send found the SMTP server unusable now: its rows stay pending
 
     @property
     def ok(self) -> bool:
-        return not self.errors and all(r.complete for r in self.sends)
+        return self.exit_code == 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when all is done; 3 when only a later retry is needed (relay down, temporary failures); else 1."""
+        if self.errors:
+            return 1
+        if self.relay_down or not all(r.complete for r in self.sends):
+            return 3
+        return 0
 
 
 @dataclass
@@ -197,6 +207,10 @@ class Daily:
 
         try:
             sent = send_day(self.settings, day, select=chosen, stop=self.stop, now=now)
+        except RelayDown as exc:
+            log.error("the SMTP server cannot be used now, will retry at the next beat: %s", exc)
+            result.relay_down = True
+            return
         except NewsletterError as exc:
             log.error("sending the %s edition failed, will retry at the next beat: %s", day, exc)
             result.errors.append(str(exc))

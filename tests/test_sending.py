@@ -193,6 +193,13 @@ def test_a_relay_that_is_down_stops_the_run_with_exit_3_and_one_line_then_comes_
     assert sorted(smtp.handler.recipients()) == sorted(READERS[:20])
 
 
+def test_the_daily_job_exits_3_when_the_relay_is_down_and_leaves_everyone_pending(sender, tmp_path, monkeypatch):
+    settings = sender(free_port(), count=5)
+    code, _, _ = invoke(tmp_path, monkeypatch, "run", "--once", "--now", f"{DAY.isoformat()}T07:01:00+00:00")
+    assert code == 3, "a relay that is down is a 'try again later', like send's exit status"
+    assert set(statuses(settings).values()) == {"pending"}
+
+
 def test_a_server_that_accepts_tcp_and_never_answers_stops_the_run_quickly(sender):
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
