@@ -69,7 +69,7 @@ class Plan:
 
     due: dict[date, set[str]] = field(default_factory=dict)
     stale: dict[date, set[str]] = field(default_factory=dict)
-    readers: dict[str, int] = field(default_factory=dict)  # readers per zone (a reader's own, else the default)
+    readers: dict[str, int] = field(default_factory=dict)  # readers mailed on the zone's local date, per zone
 
 
 def plan(now: datetime, subscribers: Iterable[Subscriber], settings: Settings) -> Plan:
@@ -81,11 +81,17 @@ def plan(now: datetime, subscribers: Iterable[Subscriber], settings: Settings) -
         zone = subscriber.timezone or settings.newsletter.timezone
         if zone not in states:
             states[zone] = zone_state(now, zone, settings.newsletter.send_time, window)
-        result.readers[zone] = result.readers.get(zone, 0) + 1
+        if mailed_on(subscriber, states[zone].day):
+            result.readers[zone] = result.readers.get(zone, 0) + 1
     for zs in states.values():
         if zs.status != "early":
             (result.due if zs.status == "due" else result.stale).setdefault(zs.day, set()).add(zs.zone)
     return result
+
+
+def mailed_on(subscriber: Subscriber, day: date) -> bool:
+    """Whether a reader gets a message on a local date: every day, or a weekly reader on their weekday."""
+    return subscriber.frequency != "weekly" or subscriber.weekday == state.WEEKDAYS[day.weekday()]
 
 
 @dataclass

@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 from newsletter import state
 from newsletter.config import Settings
 from newsletter.ledger import STATUSES, DigestLedger, SQLiteLedger
-from newsletter.scheduler import plan, send_moment
-from newsletter.subscribers import Tally, iter_recipients
+from newsletter.scheduler import mailed_on, send_moment
+from newsletter.subscribers import Subscriber, Tally, iter_recipients
 
 EDITIONS_SHOWN = 7
 TEST_COPIES_SHOWN = 5
@@ -79,26 +79,40 @@ def test_copies(conn: sqlite3.Connection, limit: int = TEST_COPIES_SHOWN) -> lis
 
 
 def next_due(settings: Settings, conn: sqlite3.Connection, now: datetime) -> list[dict[str, Any]]:
-    """For each zone with daily readers: the next edition, when it goes, and how many readers it is for."""
-    found = plan(now, iter_recipients(settings.paths.subscribers, conn, Tally()), settings)
-    rows = []
-    for zone, readers in sorted(found.readers.items()):
-        info = ZoneInfo(zone)
-        day = now.astimezone(info).date()
+    """For each zone with readers: the next date something goes out there, when, and to how many readers.
+
+    A weekly reader counts on their weekday only (the digest goes instead of that date's edition).
+    """
+    by_zone: dict[str, list[Subscriber]] = {}
+    for subscriber in iter_recipients(settings.paths.subscribers, conn, Tally(), None):
+        by_zone.setdefault(subscriber.timezone or settings.newsletter.timezone, []).append(subscriber)
+    return [_zone_next(settings, conn, now, zone, readers) for zone, readers in sorted(by_zone.items())]
+
+
+def _zone_next(
+    settings: Settings, conn: sqlite3.Connection, now: datetime, zone: str, readers: list[Subscriber]
+) -> dict[str, Any]:
+    info = ZoneInfo(zone)
+    day = now.astimezone(info).date()
+    moment = send_moment(day, settings.newsletter.send_time, info)
+    count = sum(mailed_on(s, day) for s in readers)
+    while now >= moment and not (count and _pending(settings, conn, day, zone, count, now, moment)):
+        day += timedelta(days=1)  # today's send is done (or over): the next date with someone to mail
         moment = send_moment(day, settings.newsletter.send_time, info)
-        if now >= moment and not _pending(settings, conn, day, zone, readers, now, moment):
-            day += timedelta(days=1)
-            moment = send_moment(day, settings.newsletter.send_time, info)
-        rows.append(
-            {
-                "zone": zone,
-                "readers": readers,
-                "date": day.isoformat(),
-                "at": moment.isoformat(),
-                "due_now": now >= moment,
-            }
-        )
-    return rows
+        count = sum(mailed_on(s, day) for s in readers)
+    while not count:
+        day += timedelta(days=1)
+        moment = send_moment(day, settings.newsletter.send_time, info)
+        count = sum(mailed_on(s, day) for s in readers)
+    digests = sum(s.frequency == "weekly" for s in readers if mailed_on(s, day))
+    return {
+        "zone": zone,
+        "readers": count,
+        "weekly_digests": digests,
+        "date": day.isoformat(),
+        "at": moment.isoformat(),
+        "due_now": now >= moment,
+    }
 
 
 def _pending(

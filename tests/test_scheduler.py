@@ -139,6 +139,10 @@ def stale_warnings(caplog):
 
 
 def test_stale_warnings_speak_only_of_readers_not_yet_mailed_once_per_edition_and_zone(daily, smtp_server, caplog):
+    conn = state.connect(daily.settings.paths.state)  # a weekly reader is not missed on the other six days
+    state.add_subscriber(
+        conn, "weekly@example.com", timezone="Asia/Tokyo", frequency="weekly", weekday="friday", source="cli"
+    )
     with caplog.at_level("WARNING"):
         Daily(daily.settings).beat(utc(2026, 6, 25, 7, 5))  # London and UTC readers mailed; Auckland's window is over
         assert stale_warnings(caplog) == [

@@ -101,3 +101,18 @@ def test_a_fresh_install_shows_its_subscribers_and_next_due(make_settings, tmp_p
     assert {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}["active"][-1] == "5"
     assert "next due:" in out
     assert set(overview(settings, state.connect(settings.paths.state), datetime.now(UTC))) >= {"next_due"}
+
+
+def test_a_weekly_reader_is_due_on_their_weekday(sent):
+    conn = state.connect(sent.paths.state)
+    state.add_subscriber(
+        conn, "w@example.com", timezone="Asia/Tokyo", frequency="weekly", weekday="friday", source="cli"
+    )
+    due = {z["zone"]: z for z in next_due(sent, conn, datetime(2026, 6, 24, 7, 30, tzinfo=UTC))}  # a Wednesday
+    tokyo = due["Asia/Tokyo"]
+    assert (tokyo["date"], tokyo["at"], tokyo["readers"], tokyo["weekly_digests"]) == (
+        "2026-06-26",
+        "2026-06-26T07:00:00+09:00",
+        1,
+        1,
+    )
