@@ -364,18 +364,29 @@ class WebApp:
         log.info("confirmation of %s: %s", address, outcome)
         if outcome in ("used", "invalid"):  # used, or expired, between the page and the button
             return self._used_link_page()
+        preferences_url = await run_in_threadpool(self._preferences_url_of, address)
         if outcome == "held":
             return self.page(
                 "message",
                 heading="Subscription confirmed, delivery on hold",
                 text=f"Earlier emails to {address} were returned by its mail server as undeliverable, so we are "
                 "not sending to it for now. If the address works again, reply to any of our emails and we will resume.",
+                preferences_url=preferences_url,
             )
         return self.page(
             "message",
             heading="You are subscribed",
             text=f"Welcome! The next edition goes to {address} tomorrow morning.",
+            preferences_url=preferences_url,
         )
+
+    def _preferences_url_of(self, address: str) -> str:
+        """The preferences link of a subscriber on the list (their own token), or '' when there is none."""
+        with self.database() as conn:
+            row = state.find_subscriber(conn, address)
+        if row is None:
+            return ""
+        return preferences_link(tokens.make_link_token(self.secret, self.list_id, row["public_id"], "unsubscribe"))
 
     def _used_link_page(self) -> HTMLResponse:
         return self.page(

@@ -358,6 +358,9 @@ def test_only_the_post_of_the_button_confirms_and_it_needs_the_form(site, smtp_s
     done = confirm(client, link)
     assert done.status_code == 200 and "You are subscribed" in done.text
     assert web_subscriber(settings, "pressed@example.org") == ("Pressed", "Europe/Rome")
+    (preferences,) = re.findall(r'href="(preferences\?token=[0-9a-f]+)"', done.text)  # every page a reader reaches
+    page = client.get("/" + preferences)
+    assert page.status_code == 200 and 'value="Pressed"' in page.text
 
 
 def unsubscribe_one_click(settings, client, address):
