@@ -53,6 +53,16 @@ class Ledger(Protocol):
     def counts(self, day: date) -> dict[str, int]: ...
 
 
+INSERT_EDITION_ROWS = (
+    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_DIGEST_ROWS = (
+    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at, "
+    "kind, digest_from) VALUES (?, ?, ?, ?, ?, ?, ?, 'digest', ?)"
+)
+
+
 class SQLiteLedger:
     """The ledger in the state database; safe to share between sending threads."""
 
@@ -96,16 +106,14 @@ class SQLiteLedger:
                 rows = []
         return added + self._insert(rows)
 
-    def _insert(self, rows: list[tuple[str, ...]]) -> int:
+    def _insert(self, rows: list[tuple[str, ...]], statement: str = INSERT_EDITION_ROWS) -> int:
+        """Insert ledger rows in one transaction, ignoring those already there; return how many were new."""
         if not rows:
             return 0
         with self._lock:
             before = self.conn.total_changes
             with transaction(self.conn):
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                self.conn.executemany(statement, rows)
             return self.conn.total_changes - before
 
     def due(self, day: date, *, only_failed: bool = False, chunk: int = 1000) -> Iterator[Due]:
@@ -269,17 +277,7 @@ class DigestLedger(SQLiteLedger):
             (day.isoformat(), s.key, s.email, s.name, s.timezone, message_id, now, since.isoformat())
             for s, since, message_id in readers
         ]
-        if not rows:
-            return 0
-        with self._lock:
-            before = self.conn.total_changes
-            with transaction(self.conn):
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at, "
-                    "kind, digest_from) VALUES (?, ?, ?, ?, ?, ?, ?, 'digest', ?)",
-                    rows,
-                )
-            return self.conn.total_changes - before
+        return self._insert(rows, INSERT_DIGEST_ROWS)
 
     def last_mailed(self, email: str, before: date) -> tuple[date, str] | None:
         """The latest date before ``before`` with a row for this reader (edition or digest), and its kind."""
