@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -104,6 +105,13 @@ class WebSettings:
     legacy_link_days: float = 180.0  # old-form links (the address inside) still work this long after the upgrade
 
 
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""  # "" = the SQLite file in paths.state; postgresql://user@host/db puts all state in PostgreSQL
+    lease_seconds: float = 300.0  # a sender's claim on its rows; a dead sender's rows return to the pool after it
+    keep_days: int = 90  # the daily job folds recipient rows of editions older than this into totals; 0 keeps all
+
+
 SECTIONS: dict[str, type] = {
     "newsletter": NewsletterSettings,
     "sender": SenderSettings,
@@ -111,6 +119,7 @@ SECTIONS: dict[str, type] = {
     "smtp": SmtpSettings,
     "dkim": DkimSettings,
     "web": WebSettings,
+    "database": DatabaseSettings,
 }
 
 
@@ -122,6 +131,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp_password: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
     source: Path | None = None  # the TOML file read, if any
@@ -185,6 +195,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, env: Mappin
     if raw:
         unknown = sorted(raw)[0]
         raise ConfigError(f"{path}: unknown section [{unknown}] (known: {', '.join(SECTIONS)})")
+    _refuse_password_in_file(sections["database"].url, str(path))
     sections = _apply_env(sections, env)
     settings = Settings(
         **sections,
@@ -256,6 +267,24 @@ def _convert(key: str, annotation: Any, value: Any, base: Path, origin: str) -> 
         raise ConfigError(f"{origin}: '{key}' must be {expected}, not {value!r}") from None
 
 
+def _refuse_password_in_file(url: str, origin: str) -> None:
+    """A database password never lives in the TOML file: the environment's URL, PG* variables or .pgpass."""
+    if url and urlsplit(url).password:
+        raise ConfigError(
+            f"{origin}: 'database.url' must not hold a password: set NEWSLETTER_DATABASE_URL in the environment, "
+            "or PGPASSWORD, or use ~/.pgpass"
+        )
+
+
+def masked_url(url: str) -> str:
+    """The database URL with its password (if any) replaced by ********, for messages and `config`."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":********@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _apply_env(sections: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Override settings from NEWSLETTER_<KEY> ([newsletter]) and NEWSLETTER_<SECTION>_<KEY>."""
     for variable, value in env.items():
@@ -324,6 +353,17 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"{where}: 'smtp.rate_limit', 'smtp.max_per_hour', 'smtp.timeout', 'smtp.retry_delay' and 'smtp.retry_window' must be positive or 0"
         )
+    db = settings.database
+    if db.url and urlsplit(db.url).scheme not in {"postgresql", "postgres"}:
+        raise ConfigError(
+            f"{where}: 'database.url' must be empty (SQLite in paths.state) or postgresql://..., not {masked_url(db.url)!r}"
+        )
+    if db.lease_seconds < 5:
+        raise ConfigError(f"{where}: 'database.lease_seconds' must be at least 5")
+    if db.keep_days < 0 or 0 < db.keep_days < 14:
+        raise ConfigError(
+            f"{where}: 'database.keep_days' must be 0 (keep everything) or at least 14 (bounces and digests need two weeks)"
+        )
     if settings.web.legacy_link_days < 0:
         raise ConfigError(f"{where}: 'web.legacy_link_days' must not be negative")
     if not 0 < settings.web.port < 65536:
@@ -343,7 +383,10 @@ def as_toml(settings: Settings) -> str:
     for name in SECTIONS:
         lines.append(f"\n[{name}]")
         for f in fields(getattr(settings, name)):
-            lines.append(f"{f.name} = {_toml_value(getattr(getattr(settings, name), f.name))}")
+            value = getattr(getattr(settings, name), f.name)
+            if (name, f.name) == ("database", "url"):
+                value = masked_url(value)
+            lines.append(f"{f.name} = {_toml_value(value)}")
     lines.append("\n# secrets, from the environment only")
     for label, value in (("NEWSLETTER_SMTP_PASSWORD", settings.smtp_password), ("NEWSLETTER_SECRET", settings.secret)):
         lines.append(f"# {label} = {'********' if value else '(not set)'}")

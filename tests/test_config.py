@@ -68,6 +68,19 @@ def test_printed_configuration_masks_secrets(make_settings):
     assert 'timezone = "UTC"' in text
 
 
+def test_database_password_comes_from_the_environment_and_is_masked(make_settings):
+    settings = make_settings(env={"NEWSLETTER_DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:5432/news"})
+    assert settings.database.url == "postgresql://app:hunter2@127.0.0.1:5432/news"
+    text = as_toml(settings)
+    assert "hunter2" not in text
+    assert 'url = "postgresql://app:********@127.0.0.1:5432/news"' in text
+
+
+def test_database_defaults_to_sqlite_in_the_state_folder(make_settings):
+    settings = make_settings()
+    assert settings.database.url == "" and settings.database.keep_days == 90
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
@@ -85,6 +98,10 @@ def test_printed_configuration_masks_secrets(make_settings):
         ('[sender]\naddress = "zoë@example.org"\n', "'sender.address' is not a valid email address"),
         ('title = "outside"\n', "key 'title' must be inside a section"),
         ("[newsletter\n", "not valid TOML"),
+        ('[database]\nurl = "mysql://db/x"\n', "'database.url' must be empty (SQLite in paths.state) or postgresql://"),
+        ('[database]\nurl = "postgresql://me:hunter2@db/x"\n', "'database.url' must not hold a password"),
+        ("[database]\nkeep_days = 3\n", "'database.keep_days' must be 0 (keep everything) or at least 14"),
+        ("[database]\nlease_seconds = 1\n", "'database.lease_seconds' must be at least 5"),
     ],
 )
 def test_bad_values_are_one_clear_error_naming_the_key(make_settings, toml, message):
