@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from newsletter import state
+from newsletter.storage import sqlite
 from newsletter.subscribers import Tally, iter_recipients, read_csv, sync_csv
 
 
@@ -28,7 +28,7 @@ def main(count: int = 100_000) -> None:
         csv = Path(folder) / "subscribers.csv"
         rows = "".join(f"reader{i}@example.com,Reader {i},Europe/Paris\n" for i in range(count))
         csv.write_text("email,name,timezone\n" + rows, encoding="utf-8")
-        conn = state.connect(Path(folder) / "var")
+        conn = sqlite.connect(Path(folder) / "var")
         csv_only, _ = timed(lambda: sum(1 for _ in read_csv(csv, Tally())))
         first, _ = timed(lambda: sync_csv(csv, conn, Tally()))
         again, _ = timed(lambda: sync_csv(csv, conn, Tally()))

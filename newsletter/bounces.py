@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import email
 import email.policy
-import sqlite3
 from dataclasses import dataclass
 from datetime import date
 from email.message import Message
 from pathlib import Path
 
 from newsletter import state
-from newsletter.ledger import SQLiteLedger
+from newsletter.ledger import DatabaseLedger
+from newsletter.storage import Database
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _address(field: str) -> str:
     return field.split(";", 1)[-1].strip().strip("<>")
 
 
-def import_bounce(path: Path, conn: sqlite3.Connection) -> list[BounceReport]:
+def import_bounce(path: Path, conn: Database) -> list[BounceReport]:
     """Read one DSN file; suppress every recipient in it that failed permanently (5.x.x)."""
     try:
         message = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
@@ -93,7 +93,7 @@ def import_bounce(path: Path, conn: sqlite3.Connection) -> list[BounceReport]:
     return [BounceReport(path, o.action, o.address, o.detail) for o in dsn_outcomes(message, conn)]
 
 
-def dsn_outcomes(message: Message, conn: sqlite3.Connection, ledger: SQLiteLedger | None = None) -> list[Outcome]:
+def dsn_outcomes(message: Message, conn: Database, ledger: DatabaseLedger | None = None) -> list[Outcome]:
     """Act on a parsed DSN: suppress every recipient that failed permanently; one outcome per recipient."""
     if message.get_content_type() != "multipart/report" or message.get_param("report-type") != "delivery-status":
         return [
@@ -102,13 +102,13 @@ def dsn_outcomes(message: Message, conn: sqlite3.Connection, ledger: SQLiteLedge
     groups = _status_fields(message)
     if not groups:
         return [Outcome("ignored", "", "no per-recipient delivery status")]
-    ledger = ledger or SQLiteLedger(conn)
+    ledger = ledger or DatabaseLedger(conn)
     found = ledger.find_message(original_message_id(message))
     return [_recipient(conn, ledger, group, found, alone=len(groups) == 1) for group in groups]
 
 
 def _recipient(
-    conn: sqlite3.Connection, ledger: SQLiteLedger, group: Message, found: tuple[date, str] | None, alone: bool
+    conn: Database, ledger: DatabaseLedger, group: Message, found: tuple[date, str] | None, alone: bool
 ) -> Outcome:
     """Act on one recipient's status group of a report."""
     status = str(group.get("Status", "")).strip()

@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import re
-import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from typing import Any
 
 import click
 
-from newsletter import config, events, selection, state, subscribers
+from newsletter import config, events, selection, state, storage, subscribers
 from newsletter.errors import NewsletterError
 
 log = logging.getLogger("newsletter")
@@ -88,8 +87,8 @@ class NewsletterGroup(click.Group):
             return super().invoke(ctx)
         except NewsletterError as exc:
             raise _click_error(exc) from None
-        except sqlite3.Error as exc:  # the state database failed in a command: one line naming it
-            raise _click_error(state.storage_error(exc, _state_file(ctx))) from None
+        except storage.backend_errors() as exc:  # the state database failed in a command: one line naming it
+            raise _click_error(storage.error_for(exc, _settings(ctx))) from None
 
 
 def _click_error(exc: NewsletterError) -> click.ClickException:
@@ -98,11 +97,11 @@ def _click_error(exc: NewsletterError) -> click.ClickException:
     return error
 
 
-def _state_file(ctx: click.Context) -> Path:
+def _settings(ctx: click.Context) -> config.Settings | None:
     try:
-        return state.db_path(ctx.find_object(Context).settings.paths.state)
+        return ctx.find_object(Context).settings
     except (AttributeError, NewsletterError):
-        return Path(state.DB_NAME)
+        return None
 
 
 @click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -179,7 +178,7 @@ def load_edition(ctx: Context, day: date) -> selection.Edition:
     """Select the edition of a date, honouring editions already on record (read-only)."""
     from newsletter import editions
 
-    conn = state.connect_readonly(ctx.settings.paths.state)
+    conn = storage.connect_readonly(ctx.settings)
     try:
         return editions.edition_for(day, ctx.settings, conn, record=False)
     finally:
@@ -275,7 +274,7 @@ def _warn_postal_address(settings: config.Settings) -> None:
 def _publish_page(settings: config.Settings, day: date) -> None:
     from newsletter import feeds
 
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     try:
         feeds.publish_edition_page(settings, day, conn)
     finally:
@@ -404,7 +403,7 @@ def publish_command(ctx: Context, day: date | None) -> None:
 
     settings = ctx.settings
     now = datetime.now().astimezone()
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     try:
         result = feeds.publish(settings, day or ctx.today(), conn, now=now)
     finally:
@@ -507,7 +506,7 @@ def inbox_group() -> None:
 def _inbox_import(ctx: Context, paths: tuple[Path, ...]) -> None:
     from newsletter.mail import inbox
 
-    conn = state.connect(ctx.settings.paths.state)
+    conn = storage.connect(ctx.settings)
     try:
         reports = inbox.import_paths(list(paths), ctx.settings, conn)
     finally:
@@ -548,10 +547,10 @@ def bounces_import(ctx: Context, files: tuple[Path, ...]) -> None:
 
 
 @contextmanager
-def synced_list(ctx: Context) -> Iterator[sqlite3.Connection]:
+def synced_list(ctx: Context) -> Iterator[storage.Database]:
     """The state database with paths.subscribers synced into the list; the file's bad rows are warned about."""
     settings = ctx.settings
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     try:
         tally = subscribers.Tally()
         subscribers.sync_csv(settings.paths.subscribers, conn, tally)
@@ -563,9 +562,9 @@ def synced_list(ctx: Context) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def state_db(ctx: Context) -> Iterator[sqlite3.Connection]:
+def state_db(ctx: Context) -> Iterator[storage.Database]:
     """The state database (created if needed), closed afterwards."""
-    conn = state.connect(ctx.settings.paths.state)
+    conn = storage.connect(ctx.settings)
     try:
         yield conn
     finally:
@@ -693,7 +692,7 @@ def table_text(header: tuple[str, ...], rows: list[list[str]]) -> str:
 def subscribers_check(ctx: Context) -> None:
     """Report the CSV file's bad rows and count who would be mailed, without changing anything; exit 1 if a row is bad."""
     settings = ctx.settings
-    conn = state.connect_readonly(settings.paths.state)
+    conn = storage.connect_readonly(settings)
     tally = subscribers.Tally()
     try:
         found = [s.frequency for s in subscribers.iter_recipients(settings.paths.subscribers, conn, tally, None)]

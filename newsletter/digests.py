@@ -20,7 +20,6 @@ Switching frequency neither mails a reader twice nor skips a story:
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime, timedelta
@@ -34,6 +33,7 @@ from newsletter.mail.outbox import write_outbox
 from newsletter.render import RenderedEdition, message_id, render_digest
 from newsletter.selection import Edition
 from newsletter.sending.engine import SendResult, send_edition
+from newsletter.storage import Database
 from newsletter.subscribers import Subscriber, Tally, iter_recipients
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def digest_editions(day: date, since: date, edition_for: Callable[[date], Editio
 def plan_digests(
     settings: Settings,
     day: date,
-    conn: sqlite3.Connection,
+    conn: Database,
     tally: Tally,
     select: Callable[[Subscriber], bool] | None = None,
 ) -> int:
@@ -107,7 +107,7 @@ def plan_digests(
 def send_digests(
     settings: Settings,
     day: date,
-    conn: sqlite3.Connection,
+    conn: Database,
     render: Callable[[date], RenderedEdition],
     *,
     only_failed: bool = False,
@@ -130,7 +130,7 @@ def send_digests(
 def dry_run_digests(
     settings: Settings,
     day: date,
-    conn: sqlite3.Connection | None,
+    conn: Database | None,
     render: Callable[[date], RenderedEdition],
     *,
     outbox: Path | None = None,

@@ -17,7 +17,7 @@ import jinja2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from newsletter import state
+from newsletter import storage
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.errors import NewsletterError
 from newsletter.events import load_library
@@ -109,7 +109,7 @@ def templates_check(settings: Settings, today: date) -> Check:
         names = [name for name in env.list_templates() if name.startswith("web/")]
         for name in names:
             env.get_template(name)
-        conn = state.connect_readonly(settings.paths.state)
+        conn = storage.connect_readonly(settings)
         try:
             edition = edition_for(today, settings, conn, record=False)
         finally:

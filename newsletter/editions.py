@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,18 +18,19 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Protocol
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.config import Settings
 from newsletter.digests import dry_run_digests, plan_digests, renderer, send_digests
 from newsletter.errors import DeliveryError
 from newsletter.events import Event, load_day_events
-from newsletter.ledger import DigestLedger, SQLiteLedger
+from newsletter.ledger import DatabaseLedger, DigestLedger
 from newsletter.mail.outbox import write_outbox
 from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
 from newsletter.mail.wire import wire_data
 from newsletter.render import RenderedEdition, render_edition
 from newsletter.selection import Edition, select_edition
 from newsletter.sending.engine import SendResult, send_edition
+from newsletter.storage import Database, sqlite
 from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients, sync_csv, with_public_ids
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ __all__ = ["DryRun", "Progress", "SendResult", "dry_run", "edition_for", "editio
 def edition_for(
     day: date,
     settings: Settings,
-    conn: sqlite3.Connection | None,
+    conn: Database | None,
     *,
     record: bool = True,
     events: Sequence[Event] | None = None,
@@ -72,7 +72,7 @@ def edition_lock(state_dir: Path, day: date) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+")
     except OSError as exc:
-        raise state.storage_error(exc, path) from exc
+        raise sqlite.storage_error(exc, path) from exc
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,12 +129,12 @@ def send_day(
 ) -> SendResult:
     """The real send of one edition: lock it, record it, render it, plan recipients, send."""
     progress = progress or NoProgress()
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     try:
-        with edition_lock(settings.paths.state, day), state.guarded(settings.paths.state):
+        with edition_lock(settings.paths.state, day), conn.guarded():
             if retry_failed and day not in state.recorded_editions(conn):
                 raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
-            ledger = SQLiteLedger(conn)
+            ledger = DatabaseLedger(conn)
             rendered = render_edition(edition_for(day, settings, conn), settings, now=now)
             result = SendResult(day)
             if not retry_failed:
@@ -206,7 +206,7 @@ class DryRun:
 
 def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> DryRun:
     """Select, render and count (or write to an outbox) without touching the network or the state."""
-    conn = state.connect_readonly(settings.paths.state)
+    conn = storage.connect_readonly(settings)
     try:
         edition = edition_for(day, settings, conn, record=False)
         rendered = render_edition(edition, settings, allow_insecure_secret=True)
@@ -216,7 +216,7 @@ def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> Dry
         digests, digest_keys = dry_run_digests(settings, day, conn, render, outbox=outbox)
         tally = Tally()
         recipients = iter_recipients(settings.paths.subscribers, conn, tally)
-        done = SQLiteLedger(conn).finished(day) if conn else frozenset()
+        done = DatabaseLedger(conn).finished(day) if conn else frozenset()
         pending = (s for s in recipients if s.key not in done and s.key not in digest_keys)
         count = write_outbox(rendered, with_public_ids(pending, conn), outbox) if outbox else sum(1 for _ in pending)
         return DryRun(edition, rendered, count, tally, len(done), digests)
@@ -231,15 +231,15 @@ def send_test_copy(settings: Settings, day: date, address: str) -> str:
         address = check_address(address)
     except ValueError as exc:
         raise DeliveryError(f"--to {address!r} is not a valid email address: {exc}") from None
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     try:
         edition = edition_for(day, settings, conn, record=False)
-        return send_test(settings, render_edition(edition, settings), address, SQLiteLedger(conn))
+        return send_test(settings, render_edition(edition, settings), address, DatabaseLedger(conn))
     finally:
         conn.close()
 
 
-def send_test(settings: Settings, rendered: RenderedEdition, address: str, ledger: SQLiteLedger) -> str:
+def send_test(settings: Settings, rendered: RenderedEdition, address: str, ledger: DatabaseLedger) -> str:
     """Send one test copy to an address, recorded apart from the edition; return the server's reply."""
     row = state.find_subscriber(ledger.conn, address)  # a reader's own copy carries their working unsubscribe link
     subscriber = Subscriber(address, "", public_id=row["public_id"] if row else "")

@@ -10,7 +10,6 @@ import calendar
 import hashlib
 import logging
 import os
-import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -28,6 +27,7 @@ from newsletter.errors import NewsletterError, NoEventError
 from newsletter.events import Event, load_events
 from newsletter.render import archive_url, article_html, day_url, subject_for
 from newsletter.selection import Edition, choose_event, others_on
+from newsletter.storage import Database
 
 log = logging.getLogger(__name__)
 EARLIEST_ZONE = ZoneInfo("Etc/GMT-14")  # UTC+14 (Kiritimati): the first place on Earth where a date begins
@@ -61,7 +61,7 @@ def entry_id(settings: Settings, day: date) -> str:
 
 
 def window(
-    settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None, events: list[Event] | None = None
+    settings: Settings, conn: Database, day: date, now: datetime | None, events: list[Event] | None = None
 ) -> tuple[list[Edition], list[date]]:
     """The editions of the last feed_days days up to ``day``, recorded so they never change; none from the future."""
     editions, missing = [], []
@@ -163,7 +163,7 @@ def _fsync(name: str) -> None:
         os.fsync(handle.fileno())
 
 
-def publish(settings: Settings, day: date, conn: sqlite3.Connection, *, now: datetime | None = None) -> PublishResult:
+def publish(settings: Settings, day: date, conn: Database, *, now: datetime | None = None) -> PublishResult:
     """Write the feeds, the home page, the monthly indexes, the edition pages, the day pages and the calendar.
 
     The feeds and indexes hold an edition from its send_time in newsletter.timezone on; its
@@ -195,7 +195,7 @@ def publish(settings: Settings, day: date, conn: sqlite3.Connection, *, now: dat
     return result
 
 
-def publish_edition_page(settings: Settings, day: date, conn: sqlite3.Connection) -> Path:
+def publish_edition_page(settings: Settings, day: date, conn: Database) -> Path:
     """Record and write the page of one edition (before it is sent), whatever its date; return its path."""
     events = load_events(settings.paths.events)
     edition = edition_for(day, settings, conn, events=events)
@@ -212,7 +212,7 @@ def page_horizon(settings: Settings, now: datetime) -> date:
 
 
 def early_editions(
-    settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None, events: list[Event]
+    settings: Settings, conn: Database, day: date, now: datetime | None, events: list[Event]
 ) -> list[Edition]:
     """The editions after ``day`` that some reader's morning has already reached: their pages go out now."""
     if now is None:
@@ -229,7 +229,7 @@ def early_editions(
 
 
 def sent_editions(
-    settings: Settings, conn: sqlite3.Connection, day: date, now: datetime | None, events: list[Event]
+    settings: Settings, conn: Database, day: date, now: datetime | None, events: list[Event]
 ) -> list[Edition]:
     """Every edition on record up to ``day`` and past its time, newest first (one whose event left the library is left out)."""
     by_id = {e.id: e for e in events}
@@ -245,7 +245,7 @@ def sent_editions(
 def site_files(
     settings: Settings,
     env: jinja2.Environment,
-    conn: sqlite3.Connection,
+    conn: Database,
     day: date,
     now: datetime | None,
     editions: list[Edition],
@@ -274,7 +274,7 @@ def site_files(
 def library_files(
     settings: Settings,
     env: jinja2.Environment,
-    conn: sqlite3.Connection,
+    conn: Database,
     day: date,
     now: datetime | None,
     events: list[Event],

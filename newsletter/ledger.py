@@ -5,21 +5,21 @@ while the next message's envelope is on the wire, and always before that message
 content). Rows are 'pending' until a final outcome, so after a crash every row not yet
 'delivered' or 'bounced' is simply sent again; only messages in flight at the crash (at
 most one per connection) can be sent twice, and they carry the same Message-ID. The
-interface is small (plan, due, mark, counts) so that a PostgreSQL implementation can stand
-beside this SQLite one.
+interface is small (plan, due, mark, counts) and its SQL runs on both storage backends
+(SQLite and PostgreSQL, see newsletter.storage).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Protocol
 
-from newsletter.state import db_file, suppress, transaction, utcnow_text
+from newsletter.errors import StorageError
+from newsletter.state import suppress, utcnow_text
+from newsletter.storage import Database
 from newsletter.subscribers import Subscriber
 
 STATUSES = ("pending", "delivered", "failed", "bounced", "skipped")
@@ -37,10 +37,13 @@ class Due:
 
 
 class Ledger(Protocol):
-    """What the sending engine needs from a ledger; SQLiteLedger (and DigestLedger) implement it."""
+    """What the sending engine needs from a ledger; DatabaseLedger (and DigestLedger) implement it."""
 
     @property
-    def path(self) -> Path: ...
+    def label(self) -> str: ...
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]: ...
+    def error(self, exc: BaseException) -> StorageError: ...
     def plan(self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str]) -> int: ...
     def due(self, day: date, *, only_failed: bool = False) -> Iterator[Due]: ...
     def finished(self, day: date) -> frozenset[str]: ...
@@ -54,28 +57,37 @@ class Ledger(Protocol):
 
 
 INSERT_EDITION_ROWS = (
-    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO deliveries (day, email, address, name, timezone, message_id, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 INSERT_DIGEST_ROWS = (
-    "INSERT OR IGNORE INTO deliveries (day, email, address, name, timezone, message_id, updated_at, "
-    "kind, digest_from) VALUES (?, ?, ?, ?, ?, ?, ?, 'digest', ?)"
+    "INSERT INTO deliveries (day, email, address, name, timezone, message_id, updated_at, "
+    "kind, digest_from) VALUES (?, ?, ?, ?, ?, ?, ?, 'digest', ?) ON CONFLICT DO NOTHING"
 )
 
 
-class SQLiteLedger:
-    """The ledger in the state database; safe to share between sending threads."""
+class DatabaseLedger:
+    """The ledger in the state database (either backend); safe to share between sending threads."""
 
     KIND = "edition"  # the rows this ledger sends and counts: daily editions ('digest': DigestLedger)
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Database) -> None:
         self.conn = conn
         self._lock = threading.Lock()
 
     @property
-    def path(self) -> Path:
-        """The database file, for messages."""
-        return Path(db_file(self.conn))
+    def label(self) -> str:
+        """The database (file, or URL with the password masked), for messages."""
+        return self.conn.label
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The storage backend's exceptions (a full disk, a lost connection)."""
+        return self.conn.errors
+
+    def error(self, exc: BaseException) -> StorageError:
+        """One line for a storage error, naming the database."""
+        return self.conn.error(exc)
 
     def _scope(self) -> tuple[str, tuple[str, ...]]:
         """The SQL condition (and its parameters) that keeps this ledger to its own kind of row."""
@@ -110,26 +122,23 @@ class SQLiteLedger:
         """Insert ledger rows in one transaction, ignoring those already there; return how many were new."""
         if not rows:
             return 0
-        with self._lock:
-            before = self.conn.total_changes
-            with transaction(self.conn):
-                self.conn.executemany(statement, rows)
-            return self.conn.total_changes - before
+        with self._lock, self.conn.transaction():
+            return self.conn.executemany(statement, rows)
 
     def due(self, day: date, *, only_failed: bool = False, chunk: int = 1000) -> Iterator[Due]:
         """Stream the rows still to send (pending and failed, or only failed), in chunks, oldest first."""
         statuses = ("failed",) if only_failed else ("pending", "failed")
         marks = ",".join("?" * len(statuses))
         scope, scoped = self._scope()
-        last = 0
+        last, rowid = 0, self.conn.rowid
         while True:
             with self._lock:
                 rows = self.conn.execute(
-                    "SELECT d.rowid, d.address, d.name, d.timezone, d.attempts, d.message_id, "
+                    f"SELECT d.{rowid}, d.address, d.name, d.timezone, d.attempts, d.message_id, "
                     "COALESCE(u.public_id, '') FROM deliveries d LEFT JOIN subscribers u ON u.email = d.email "
-                    f"WHERE d.day = ? AND d.status IN ({marks}) AND {scope} AND d.rowid > ? "
+                    f"WHERE d.day = ? AND d.status IN ({marks}) AND {scope} AND d.{rowid} > ? "
                     "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
-                    "ORDER BY d.rowid LIMIT ?",
+                    f"ORDER BY d.{rowid} LIMIT ?",
                     (day.isoformat(), *statuses, *scoped, last, chunk),
                 ).fetchall()
             if not rows:
@@ -175,7 +184,7 @@ class SQLiteLedger:
             return
         now, when = utcnow_text(), day.isoformat()
         rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
-        with self._lock, transaction(self.conn):
+        with self._lock, self.conn.transaction():
             self.conn.executemany(
                 "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
                 rows,
@@ -183,7 +192,7 @@ class SQLiteLedger:
 
     def bounce(self, day: date, email: str, reply: str) -> None:
         """Record a permanent rejection and suppress the address, in one transaction."""
-        with self._lock, transaction(self.conn):
+        with self._lock, self.conn.transaction():
             self._write(day, email, "bounced", reply)
             suppress(self.conn, email, "bounced", reply)
 
@@ -248,7 +257,7 @@ class SQLiteLedger:
             )
 
 
-class DigestLedger(SQLiteLedger):
+class DigestLedger(DatabaseLedger):
     """The weekly digests' rows of the ledger: the same table, the same promises, ``kind = 'digest'``.
 
     A digest row also records the first edition it holds (``digest_from``): digests of one
@@ -258,7 +267,7 @@ class DigestLedger(SQLiteLedger):
 
     KIND = "digest"
 
-    def __init__(self, conn: sqlite3.Connection, since: date | None = None) -> None:
+    def __init__(self, conn: Database, since: date | None = None) -> None:
         super().__init__(conn)
         self.since = since
 

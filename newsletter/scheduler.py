@@ -12,7 +12,6 @@ too: on their weekday the same send of their local date mails them the weekly di
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.config import Settings
 from newsletter.editions import SendResult, send_day
 from newsletter.errors import NewsletterError, RelayDown
+from newsletter.storage import Database
 from newsletter.subscribers import Subscriber, Tally, iter_recipients
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Daily:
         return result
 
     def _plan(self, now: datetime) -> Plan:
-        conn = state.connect_readonly(self.settings.paths.state)
+        conn = storage.connect_readonly(self.settings)
         try:
             return plan(now, iter_recipients(self.settings.paths.subscribers, conn, Tally(), None), self.settings)
         finally:
@@ -158,13 +158,13 @@ class Daily:
         if now < send_moment(today, settings.newsletter.send_time, settings.zone):
             today -= timedelta(days=1)
         try:
-            conn = state.connect(settings.paths.state)
+            conn = storage.connect(settings)
         except NewsletterError as exc:
             log.error("publishing failed, will retry at the next beat: %s", exc)
             result.errors.append(str(exc))
             return
         try:
-            with state.guarded(settings.paths.state):
+            with conn.guarded():
                 published = publish(settings, today, conn, now=now)
             result.published = bool(published.written)
             if published.written:
@@ -184,7 +184,7 @@ class Daily:
         fresh = [pair for pair in fresh if pair not in self._noticed]
         if not fresh:
             return  # a daemon looks each zone up once; the database keeps it once across processes
-        conn = state.connect(self.settings.paths.state)
+        conn = storage.connect(self.settings)
         try:
             for day, zone in fresh:
                 self._warn_zone(conn, day, zone, found.readers.get(zone, 0))
@@ -192,8 +192,8 @@ class Daily:
         finally:
             conn.close()
 
-    def _warn_zone(self, conn: sqlite3.Connection, day: date, zone: str, readers: int) -> None:
-        with state.transaction(conn):
+    def _warn_zone(self, conn: Database, day: date, zone: str, readers: int) -> None:
+        with conn.transaction():
             if not state.first_notice(conn, "stale", day, zone):
                 return
             mailed = state.mailed_in_zone(conn, day, zone, self.settings.newsletter.timezone)

@@ -7,15 +7,15 @@ due next; for one date, that edition's outcomes and the last replies of its fail
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from newsletter import state
 from newsletter.config import Settings
-from newsletter.ledger import STATUSES, DigestLedger, SQLiteLedger
+from newsletter.ledger import STATUSES, DatabaseLedger, DigestLedger
 from newsletter.scheduler import mailed_on, send_moment
+from newsletter.storage import Database
 from newsletter.subscribers import Subscriber, Tally, iter_recipients
 
 EDITIONS_SHOWN = 7
@@ -23,7 +23,7 @@ TEST_COPIES_SHOWN = 5
 FAILURES_SHOWN = 20
 
 
-def overview(settings: Settings, conn: sqlite3.Connection, now: datetime) -> dict[str, Any]:
+def overview(settings: Settings, conn: Database, now: datetime) -> dict[str, Any]:
     """Everything ``status`` shows without --date."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
@@ -36,7 +36,7 @@ def overview(settings: Settings, conn: sqlite3.Connection, now: datetime) -> dic
     }
 
 
-def subscriber_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+def subscriber_counts(conn: Database) -> dict[str, dict[str, int]]:
     """{status: {frequency: count, 'total': count}} for every status, zeros included."""
     counts = state.subscriber_counts(conn)
     table: dict[str, dict[str, int]] = {}
@@ -46,7 +46,7 @@ def subscriber_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     return table
 
 
-def suppression_counts(conn: sqlite3.Connection) -> dict[str, int]:
+def suppression_counts(conn: Database) -> dict[str, int]:
     """Suppressed addresses by reason (on the list or not), the usual reasons always present."""
     found = dict.fromkeys(("unsubscribed", "bounced", "complained"), 0)
     for reason, count in conn.execute("SELECT reason, COUNT(*) FROM suppressions GROUP BY reason ORDER BY reason"):
@@ -54,12 +54,12 @@ def suppression_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return found
 
 
-def last_editions(conn: sqlite3.Connection, limit: int = EDITIONS_SHOWN) -> list[dict[str, Any]]:
+def last_editions(conn: Database, limit: int = EDITIONS_SHOWN) -> list[dict[str, Any]]:
     """The newest dates in the ledger, newest first: each edition with its event, then that date's weekly digests."""
     events = state.recorded_editions(conn)
     rows = [
         {"date": day.isoformat(), "kind": "edition", "event": events.get(day, ""), **counts}
-        for day, counts in SQLiteLedger(conn).editions()[:limit]
+        for day, counts in DatabaseLedger(conn).editions()[:limit]
     ]
     rows += [
         {"date": day.isoformat(), "kind": "digest", "event": "weekly digest", **counts}
@@ -70,7 +70,7 @@ def last_editions(conn: sqlite3.Connection, limit: int = EDITIONS_SHOWN) -> list
     return rows[: limit * 2]
 
 
-def test_copies(conn: sqlite3.Connection, limit: int = TEST_COPIES_SHOWN) -> list[dict[str, Any]]:
+def test_copies(conn: Database, limit: int = TEST_COPIES_SHOWN) -> list[dict[str, Any]]:
     """The newest ``send --to`` copies."""
     rows = conn.execute(
         "SELECT day, email, status, last_reply, sent_at FROM test_sends ORDER BY id DESC LIMIT ?", (limit,)
@@ -78,7 +78,7 @@ def test_copies(conn: sqlite3.Connection, limit: int = TEST_COPIES_SHOWN) -> lis
     return [dict(zip(("date", "email", "status", "last_reply", "sent_at"), row, strict=True)) for row in rows]
 
 
-def next_due(settings: Settings, conn: sqlite3.Connection, now: datetime) -> list[dict[str, Any]]:
+def next_due(settings: Settings, conn: Database, now: datetime) -> list[dict[str, Any]]:
     """For each zone with readers: the next date something goes out there, when, and to how many readers.
 
     A weekly reader counts on their weekday only (the digest goes instead of that date's edition).
@@ -90,7 +90,7 @@ def next_due(settings: Settings, conn: sqlite3.Connection, now: datetime) -> lis
 
 
 def _zone_next(
-    settings: Settings, conn: sqlite3.Connection, now: datetime, zone: str, readers: list[Subscriber]
+    settings: Settings, conn: Database, now: datetime, zone: str, readers: list[Subscriber]
 ) -> dict[str, Any]:
     info = ZoneInfo(zone)
     day = now.astimezone(info).date()
@@ -116,7 +116,7 @@ def _zone_next(
 
 
 def _pending(
-    settings: Settings, conn: sqlite3.Connection, day: date, zone: str, readers: int, now: datetime, moment: datetime
+    settings: Settings, conn: Database, day: date, zone: str, readers: int, now: datetime, moment: datetime
 ) -> bool:
     """True while today's edition of a zone is still to be sent: inside the catch-up window, readers unmailed."""
     if now > moment + timedelta(hours=settings.newsletter.catchup_hours):
@@ -124,9 +124,9 @@ def _pending(
     return state.mailed_in_zone(conn, day, zone, settings.newsletter.timezone) < readers
 
 
-def edition_detail(conn: sqlite3.Connection, day: date, limit: int = FAILURES_SHOWN) -> dict[str, Any]:
+def edition_detail(conn: Database, day: date, limit: int = FAILURES_SHOWN) -> dict[str, Any]:
     """One edition: its event, counts per status, and the recipients that did not get it, with the last replies."""
-    counts = SQLiteLedger(conn).counts(day)
+    counts = DatabaseLedger(conn).counts(day)
     digests = DigestLedger(conn).counts(day)
     rows = conn.execute(  # editions and digests alike: a reader gets one message a date
         "SELECT address, status, attempts, last_reply, updated_at FROM deliveries "

@@ -29,6 +29,7 @@ from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
 from newsletter import state
 from newsletter.errors import SubscriberError
+from newsletter.storage import Database, Row
 
 try:
     from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH
@@ -239,7 +240,7 @@ class DiskSet:
 
 
 def iter_recipients(
-    csv_path: Path, conn: sqlite3.Connection | None, tally: Tally, frequency: str | None = "daily"
+    csv_path: Path, conn: Database | None, tally: Tally, frequency: str | None = "daily"
 ) -> Iterator[Subscriber]:
     """Stream everyone to mail (of one frequency, or all): the list as the next CSV sync makes it, suppressed never.
 
@@ -263,7 +264,7 @@ def iter_recipients(
         seen.close()
 
 
-def _csv_merged(rows: Iterable[Subscriber], conn: sqlite3.Connection | None) -> Iterator[tuple[Subscriber, int]]:
+def _csv_merged(rows: Iterable[Subscriber], conn: Database | None) -> Iterator[tuple[Subscriber, int]]:
     """The CSV's rows, each replaced by the list's row where the list rules it (web, CLI, import, or edited)."""
     for chunk in _chunks(rows, 500):
         ruled = state.rows_ruled_by_list(conn, sorted({s.key for s in chunk})) if conn else []
@@ -273,7 +274,7 @@ def _csv_merged(rows: Iterable[Subscriber], conn: sqlite3.Connection | None) -> 
             yield (subscriber if row is None else subscriber_of(row)), 1
 
 
-def with_public_ids(subscribers: Iterable[Subscriber], conn: sqlite3.Connection | None) -> Iterator[Subscriber]:
+def with_public_ids(subscribers: Iterable[Subscriber], conn: Database | None) -> Iterator[Subscriber]:
     """The subscribers with the list's public id filled in (for links), looked up 500 at a time."""
     for chunk in _chunks(subscribers, 500):
         found = state.subscriber_rows_for(conn, sorted({s.key for s in chunk})) if conn else {}
@@ -282,7 +283,7 @@ def with_public_ids(subscribers: Iterable[Subscriber], conn: sqlite3.Connection 
             yield dataclasses.replace(subscriber, public_id=row["public_id"]) if row is not None else subscriber
 
 
-def _rest_of_list(conn: sqlite3.Connection | None) -> Iterator[tuple[Subscriber, int]]:
+def _rest_of_list(conn: Database | None) -> Iterator[tuple[Subscriber, int]]:
     """The list's rows that did not come from the CSV (those did, or they leave at the next sync)."""
     if conn is None:
         return
@@ -301,12 +302,12 @@ def _chunks(items: Iterable[Subscriber], size: int) -> Iterator[list[Subscriber]
         yield chunk
 
 
-def subscriber_of(row: sqlite3.Row) -> Subscriber:
+def subscriber_of(row: Row) -> Subscriber:
     """The Subscriber of a list row."""
     return Subscriber(row["address"], row["name"], row["timezone"], row["frequency"], row["weekday"], row["public_id"])
 
 
-def _suppressed(conn: sqlite3.Connection | None) -> frozenset[str]:
+def _suppressed(conn: Database | None) -> frozenset[str]:
     if conn is None:
         return frozenset()
     return frozenset(row[0] for row in conn.execute("SELECT email FROM suppressions"))
@@ -334,7 +335,7 @@ class Entry:
         return Subscriber(self.email, self.name, self.timezone, self.frequency, self.weekday)
 
 
-def entry_of(row: sqlite3.Row) -> Entry:
+def entry_of(row: Row) -> Entry:
     """The Entry of a list row."""
     return Entry(
         row["address"], row["name"], row["timezone"], row["frequency"], row["weekday"],
@@ -342,12 +343,12 @@ def entry_of(row: sqlite3.Row) -> Entry:
     )  # fmt: skip
 
 
-def entries(conn: sqlite3.Connection, status: str | None = None) -> Iterator[Entry]:
+def entries(conn: Database, status: str | None = None) -> Iterator[Entry]:
     """Stream the list, oldest first, optionally of one status."""
     return (entry_of(row) for row in state.subscriber_rows(conn, status))
 
 
-def find(conn: sqlite3.Connection, address: str) -> Entry | None:
+def find(conn: Database, address: str) -> Entry | None:
     """The entry of an address, or None if it is not on the list."""
     row = state.find_subscriber(conn, address)
     return entry_of(row) if row else None
@@ -374,7 +375,7 @@ def _address(address: str) -> str:
 
 
 def add(
-    conn: sqlite3.Connection,
+    conn: Database,
     address: str,
     *,
     name: str = "",
@@ -389,7 +390,7 @@ def add(
     problem = preference_problem(name, timezone, frequency, weekday)
     if problem:
         raise SubscriberError(f"{email}: {problem}")
-    with state.transaction(conn):
+    with conn.transaction():
         added = state.add_subscriber(
             conn, email, name=name, timezone=timezone, frequency=frequency, weekday=weekday, source=source
         )
@@ -400,10 +401,10 @@ def add(
     return entry
 
 
-def change(conn: sqlite3.Connection, address: str, **choices: str) -> Entry:
+def change(conn: Database, address: str, **choices: str) -> Entry:
     """Change some of a subscriber's preferences (name, timezone, frequency, weekday), as the reader can on the web."""
     email = _address(address)
-    with state.transaction(conn):
+    with conn.transaction():
         entry = find(conn, email)
         if entry is None:
             raise SubscriberError(f"{email} is not on the list (add it with 'newsletter subscribers add')")
@@ -419,20 +420,20 @@ def change(conn: sqlite3.Connection, address: str, **choices: str) -> Entry:
     return changed
 
 
-def remove(conn: sqlite3.Connection, address: str, how: str = "operator") -> bool:
+def remove(conn: Database, address: str, how: str = "operator") -> bool:
     """Unsubscribe an address (kept on record, suppressed); False if it was suppressed already."""
     email = _address(address)
-    with state.transaction(conn):
+    with conn.transaction():
         if state.suppression_of(conn, email) is not None:
             return False
         state.suppress(conn, email, "unsubscribed", how)
     return True
 
 
-def resubscribe(conn: sqlite3.Connection, address: str, *, force: bool = False) -> str:
+def resubscribe(conn: Database, address: str, *, force: bool = False) -> str:
     """Lift an unsubscribe (a bounce or complaint only with force); return the reason lifted, '' if none held."""
     email = _address(address)
-    with state.transaction(conn):
+    with conn.transaction():
         held = state.suppression_of(conn, email)
         if held is None:
             if find(conn, email) is None:
@@ -447,10 +448,10 @@ def resubscribe(conn: sqlite3.Connection, address: str, *, force: bool = False) 
     return str(held["reason"])
 
 
-def lift(conn: sqlite3.Connection, address: str) -> str:
+def lift(conn: Database, address: str) -> str:
     """Remove an address from the suppression list, whatever the reason; return that reason."""
     email = address.strip().lower()
-    with state.transaction(conn):
+    with conn.transaction():
         held = state.suppression_of(conn, email)
         if held is None:
             raise SubscriberError(f"{email} is not on the suppression list")
@@ -466,13 +467,13 @@ class ImportResult:
     unchanged: int = 0
 
 
-def import_csv(path: Path, conn: sqlite3.Connection, tally: Tally, *, source: str = "import") -> ImportResult:
+def import_csv(path: Path, conn: Database, tally: Tally, *, source: str = "import") -> ImportResult:
     """Add every valid row of a CSV file that is not on the list yet; bad rows go to ``tally``. Idempotent."""
     result = ImportResult()
     seen = DiskSet()
     try:
         for chunk in _chunks(read_csv(path, tally), 1000):
-            with state.transaction(conn):
+            with conn.transaction():
                 for s in chunk:
                     if not seen.add(s.key):
                         tally.duplicates += 1
@@ -499,7 +500,7 @@ def file_signature(path: Path) -> str:
     return f"{info.st_size}:{info.st_mtime_ns}"
 
 
-def sync_csv(csv_path: Path, conn: sqlite3.Connection, tally: Tally) -> bool:
+def sync_csv(csv_path: Path, conn: Database, tally: Tally) -> bool:
     """Sync the CSV file into the list (rows with source 'csv'); False if the file is unchanged since the last sync.
 
     New addresses are added; a row of the file follows the file until someone edits it; a
@@ -514,11 +515,11 @@ def sync_csv(csv_path: Path, conn: sqlite3.Connection, tally: Tally) -> bool:
         for chunk in _chunks(read_csv(csv_path, tally), 2000):
             fresh = [(s.email, s.name, s.timezone, s.frequency, s.weekday) for s in chunk if seen.add(s.key)]
             tally.duplicates += len(chunk) - len(fresh)
-            with state.transaction(conn):
+            with conn.transaction():
                 state.upsert_csv_rows(conn, fresh, stamp)
     finally:
         seen.close()
-    with state.transaction(conn):
+    with conn.transaction():
         dropped = state.finish_csv_sync(conn, key, signature, stamp)
     if dropped:
         log.info("%s: %d rows no longer in the file left the list", csv_path, dropped)

@@ -12,7 +12,6 @@ import hmac
 import logging
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,12 +32,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from newsletter import state, tokens
+from newsletter import state, storage, tokens
 from newsletter.config import Settings
 from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
 from newsletter.mail.wire import wire_data
 from newsletter.render import list_id
 from newsletter.signing import signer
+from newsletter.storage import Database, Row
 from newsletter.subscribers import Entry, check_address, find, preference_problem, zone_choices
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ class WebApp:
         )
 
     @contextmanager
-    def database(self) -> Iterator[sqlite3.Connection]:
+    def database(self) -> Iterator[Database]:
         """A connection to the state database for one request, closed afterwards."""
-        conn = state.connect(self.settings.paths.state)
+        conn = storage.connect(self.settings)
         try:
             yield conn
         finally:
@@ -108,7 +108,7 @@ class WebApp:
             address = tokens.read_token(self.secret, token, self.list_id, purpose=purpose)
             return address if address is not None and self._legacy_ok(conn) else None
 
-    def _legacy_ok(self, conn: sqlite3.Connection) -> bool:
+    def _legacy_ok(self, conn: Database) -> bool:
         """Old-form links (the address inside) are read for web.legacy_link_days after the new form began."""
         since = state.link_tokens_since(conn)
         return tokens.legacy_accepted(since, time_now(self.clock), self.settings.web.legacy_link_days)
@@ -152,7 +152,7 @@ class WebApp:
         )
 
     def _unsubscribe(self, address: str, how: str) -> None:
-        with self.database() as conn, state.transaction(conn):
+        with self.database() as conn, conn.transaction():
             state.unsubscribe(conn, address, how)
 
     # Preferences -------------------------------------------------------------
@@ -267,7 +267,7 @@ class WebApp:
     def _allow_attempt(self, address: str) -> bool:
         """Count sign-up emails per address in the last hour (stored in SQLite, so restarts do not reset it)."""
         now, key = self.clock(), address.lower()
-        with self.database() as conn, state.transaction(conn):
+        with self.database() as conn, conn.transaction():
             conn.execute("DELETE FROM signup_attempts WHERE at < ?", (now - 3600,))
             count = conn.execute("SELECT COUNT(*) FROM signup_attempts WHERE email = ?", (key,)).fetchone()[0]
             if count >= self.settings.web.signup_limit:
@@ -282,7 +282,7 @@ class WebApp:
         which addresses can receive mail.
         """
         token = tokens.make_link_token(self.secret, self.list_id, secrets.token_hex(16), "confirm")
-        with self.database() as conn, state.transaction(conn):
+        with self.database() as conn, conn.transaction():
             conn.execute("DELETE FROM signup_requests WHERE created_at < ?", (self._cutoff(),))
             conn.execute(
                 "INSERT INTO signup_requests (token_hash, email, name, timezone, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -397,7 +397,7 @@ class WebApp:
             "If you want the daily email, please sign up again.",
         )
 
-    def _open_request(self, conn: sqlite3.Connection, token: str) -> tuple[str, sqlite3.Row | None]:
+    def _open_request(self, conn: Database, token: str) -> tuple[str, Row | None]:
         """('open', the request) for a link that can still confirm; ('invalid', None) or ('used', None) otherwise.
 
         A new-form token names its request by a random id; an old-form one (the address and an
@@ -440,7 +440,7 @@ class WebApp:
         confirmation lifts an earlier unsubscribe, never a bounce: only the mail server can
         tell whether the address works again.
         """
-        with self.database() as conn, state.transaction(conn):
+        with self.database() as conn, conn.transaction():
             status, row = self._open_request(conn, token)
             if row is None:
                 return status

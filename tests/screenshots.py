@@ -12,7 +12,7 @@ import tempfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from newsletter import state
+from newsletter import storage
 from newsletter.config import load_settings
 from newsletter.editions import edition_for
 from newsletter.feeds import publish
@@ -27,7 +27,7 @@ def main(out: Path) -> None:
     settings = load_settings(None, env={"NEWSLETTER_SECRET": "screenshots"})
     paths = dataclasses.replace(settings.paths, state=root / "var", public=root / "public")
     settings = dataclasses.replace(settings, paths=paths)
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     publish(settings, DAY, conn, now=datetime(2026, 6, 25, 12, tzinfo=UTC))
     email = root / "email.html"
     email.write_text(render_edition(edition_for(DAY, settings, conn), settings).html, encoding="utf-8")

@@ -6,7 +6,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.archive import CALENDAR_DAYS, neighbours
 from newsletter.config import load_settings
 from newsletter.feeds import page_horizon, publish, publish_edition_page
@@ -19,7 +19,7 @@ BASE = "https://example.org/history/"
 
 @pytest.fixture
 def conn(settings):
-    return state.connect(settings.paths.state)
+    return storage.connect(settings)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def public(tmp_path_factory):
     folders = {"events": write_library(root / "events"), "state": root / "var", "public": root / "public"}
     config.write_text("[paths]\n" + "".join(f'{k} = "{v}"\n' for k, v in folders.items()), encoding="utf-8")
     settings = load_settings(config, env={"NEWSLETTER_SECRET": "test-secret"})
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     try:
         publish(settings, date(2026, 6, 25), conn, now=NOW)
     finally:

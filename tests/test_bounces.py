@@ -10,7 +10,8 @@ import pytest
 
 from newsletter import state
 from newsletter.bounces import import_bounce
-from newsletter.ledger import SQLiteLedger
+from newsletter.ledger import DatabaseLedger
+from newsletter.storage import sqlite
 from newsletter.subscribers import Subscriber
 
 
@@ -45,8 +46,8 @@ def dsn(path, recipient, status, action="failed", message_id="<x@example.org>", 
 
 @pytest.fixture
 def conn(tmp_path):
-    conn = state.connect(tmp_path / "var")
-    ledger = SQLiteLedger(conn)
+    conn = sqlite.connect(tmp_path / "var")
+    ledger = DatabaseLedger(conn)
     ledger.plan(date(2026, 6, 25), [Subscriber("ada@example.com", "Ada")], lambda s: "<20260625.abc@example.org>")
     ledger.mark_delivered(date(2026, 6, 25), "ada@example.com", "250 ok")
     return conn
@@ -57,7 +58,7 @@ def test_a_permanent_failure_found_by_message_id_is_suppressed(tmp_path, conn):
     [report] = import_bounce(path, conn)
     assert (report.action, report.address) == ("suppressed", "ada@example.com")
     assert state.suppressed(conn) == {"ada@example.com": "bounced"}
-    assert SQLiteLedger(conn).counts(date(2026, 6, 25))["bounced"] == 1
+    assert DatabaseLedger(conn).counts(date(2026, 6, 25))["bounced"] == 1
 
 
 def test_a_permanent_failure_found_by_recipient_is_suppressed(tmp_path, conn):

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from newsletter import state, tokens
+from newsletter import storage, tokens
 from newsletter.config import Settings, load_settings
 from newsletter.editions import edition_for
 from newsletter.feeds import publish
@@ -75,7 +75,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         encoding="utf-8",
     )
     settings = load_settings(config, env={"NEWSLETTER_SECRET": SECRET})
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     try:
         publish(settings, DAY, conn, now=datetime(2026, 6, 25, 12, 0, tzinfo=UTC))
         email = root / "email.html"

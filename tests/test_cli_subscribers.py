@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from newsletter import state
 from newsletter.cli import cli
+from newsletter.storage import sqlite
 from newsletter.subscribers import Tally, iter_recipients, sync_csv
 
 
@@ -77,7 +78,7 @@ def test_resubscribe_lifts_an_unsubscribe_but_a_bounce_only_with_force(run, tmp_
         == "resubscribed grace@example.net (was unsubscribed)\n"
     )
     assert run("subscribers", "resubscribe", "grace@example.net")[1] == "grace@example.net is already active\n"
-    conn = state.connect(tmp_path / "var")
+    conn = sqlite.connect(tmp_path / "var")
     state.suppress(conn, "grace@example.net", "bounced", "550 5.1.1 no such user")
     code, _, err = run("subscribers", "resubscribe", "grace@example.net")
     assert code == 1 and "suppressed as bounced (550 5.1.1 no such user)" in err and "--force" in err
@@ -88,7 +89,7 @@ def test_resubscribe_lifts_an_unsubscribe_but_a_bounce_only_with_force(run, tmp_
 
 
 def test_suppressions_list_and_remove(run, tmp_path):
-    conn = state.connect(tmp_path / "var")
+    conn = sqlite.connect(tmp_path / "var")
     state.suppress(conn, "ada@example.com", "bounced", "550 gone")
     state.suppress(conn, "eve@example.com", "complained", "abuse report")
     code, out, _ = run("suppressions", "list")
@@ -138,7 +139,7 @@ def test_import_reports_bad_rows_with_their_line_imports_the_rest_and_twice_chan
 def test_the_csv_file_is_synced_into_the_list_with_source_csv(run, csv_file, tmp_path):
     rows = listed(run)
     assert {e: r["source"] for e, r in rows.items()} == {"ada@example.com": "csv", "bob@example.org": "csv"}
-    conn = state.connect(tmp_path / "var")
+    conn = sqlite.connect(tmp_path / "var")
     public_id = state.find_subscriber(conn, "bob@example.org")["public_id"]
     # the reader changes her own preferences: from then on the file no longer changes her row
     state.update_preferences(
@@ -161,18 +162,18 @@ def test_the_csv_file_is_synced_into_the_list_with_source_csv(run, csv_file, tmp
 
 
 def test_public_ids_are_random_url_safe_and_never_change(run, tmp_path, csv_file):
-    first = {e: r for e, r in ((e, state.find_subscriber(state.connect(tmp_path / "var"), e)) for e in listed(run))}
+    first = {e: r for e, r in ((e, state.find_subscriber(sqlite.connect(tmp_path / "var"), e)) for e in listed(run))}
     ids = {e: row["public_id"] for e, row in first.items()}
     assert all(len(i) == 32 and all(c in "0123456789abcdef" for c in i) for i in ids.values())
     os.utime(csv_file, ns=(1, 1))  # the file looks changed: synced again
     listed(run)
-    conn = state.connect(tmp_path / "var")
+    conn = sqlite.connect(tmp_path / "var")
     assert {e: state.find_subscriber(conn, e)["public_id"] for e in ids} == ids
     assert state.find_subscriber_by_public_id(conn, ids["ada@example.com"])["email"] == "ada@example.com"
 
 
 def test_a_dry_run_sees_the_list_exactly_as_the_sync_writes_it(tmp_path, csv_file):
-    conn = state.connect(tmp_path / "var")
+    conn = sqlite.connect(tmp_path / "var")
     state.add_subscriber(conn, "web@example.net", name="Web", source="web")
     state.add_subscriber(conn, "ada@example.com", name="Ada Web", timezone="Asia/Tokyo", source="web")
     sync_csv(csv_file, conn, Tally())
@@ -202,7 +203,7 @@ def test_check_counts_the_file_and_the_list_apart_and_changes_nothing(run, csv_f
         f"{csv_file}: 2 rows, 1 bad",
         "list: 2 to mail (1 daily, 1 weekly); skipped 1: 1 invalid, 0 duplicate, 0 suppressed",
     ]
-    assert state.find_subscriber(state.connect(tmp_path / "var"), "ada@example.com") is None  # not synced by a check
+    assert state.find_subscriber(sqlite.connect(tmp_path / "var"), "ada@example.com") is None  # not synced by a check
 
 
 def test_export_writes_everyone_mailed_ready_for_import(run, tmp_path):
@@ -242,7 +243,7 @@ def test_a_send_syncs_the_csv_file_into_the_list(
     )
     result = send_day(settings, date(2026, 6, 24))
     assert result.delivered == 2
-    conn = state.connect(tmp_path / "var")
+    conn = sqlite.connect(tmp_path / "var")
     assert state.find_subscriber(conn, "ada@example.com")["source"] == "csv"
 
 

@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.editions import dry_run, edition_lock, send_day, send_test_copy
 from newsletter.errors import DeliveryError
 from newsletter.events import load_events
-from newsletter.ledger import SQLiteLedger
+from newsletter.ledger import DatabaseLedger
 from newsletter.mail.transport import Permanent, Temporary, transaction
 from newsletter.mail.wire import Wire, wire_data
 from newsletter.render import render_edition
@@ -64,7 +64,7 @@ def make_sender(make_settings, event_folder, tmp_path):
 
 
 def ledger_rows(settings, day=DAY):
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     return {
         row["email"]: dict(row) for row in conn.execute("SELECT * FROM deliveries WHERE day = ?", (day.isoformat(),))
     }
@@ -82,7 +82,7 @@ def test_every_subscriber_gets_one_message_and_a_delivered_row(smtp_server, make
     received = {m.rcpt_tos[0]: m.message for m in smtp_server.handler.messages}
     assert first["message_id"] == received["reader0@example.com"]["Message-ID"]
     assert received["reader3@example.com"]["To"] == "Reader 3 <reader3@example.com>"
-    assert state.recorded_editions(state.connect(settings.paths.state))[DAY] == "06-24-first-thing"
+    assert state.recorded_editions(storage.connect(settings))[DAY] == "06-24-first-thing"
 
 
 def test_a_rerun_mails_nobody_twice(smtp_server, make_sender):
@@ -128,7 +128,7 @@ def test_permanent_rejection_is_bounced_suppressed_and_never_retried(smtp_server
     assert (result.delivered, result.bounced) == (2, 1) and result.complete
     row = ledger_rows(settings)["reader1@example.com"]
     assert (row["status"], row["attempts"], row["last_reply"]) == ("bounced", 1, "550 5.1.1 no such user")
-    assert state.suppressed(state.connect(settings.paths.state)) == {"reader1@example.com": "bounced"}
+    assert state.suppressed(storage.connect(settings)) == {"reader1@example.com": "bounced"}
 
 
 def test_a_bounced_address_is_not_mailed_the_next_edition(smtp_server, make_sender, event_folder):
@@ -201,11 +201,11 @@ def test_outbox_writes_one_eml_per_recipient(smtp_server, make_sender, tmp_path)
 def test_a_test_copy_is_recorded_apart_from_the_edition(smtp_server, make_sender):
     settings = make_sender(smtp_server, count=2)
     assert send_test_copy(settings, DAY, "editor@example.org").startswith("250")
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     assert [tuple(r) for r in conn.execute("SELECT email, status FROM test_sends")] == [
         ("editor@example.org", "delivered")
     ]
-    assert SQLiteLedger(conn).counts(DAY)["delivered"] == 0
+    assert DatabaseLedger(conn).counts(DAY)["delivered"] == 0
     assert send_day(settings, DAY).delivered == 2
 
 
@@ -438,7 +438,7 @@ def test_a_resend_carries_the_message_id_recorded_at_planning(smtp_server, make_
     settings = make_sender(smtp_server, count=1)
     smtp_server.handler.replies.extend(["451 4.3.0 try later"] * 3)
     assert send_day(settings, DAY).failed == 1
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     conn.execute("UPDATE deliveries SET message_id = '<planned.1@example.org>'")
     conn.close()
     assert send_day(settings, DAY, retry_failed=True).delivered == 1
@@ -452,7 +452,7 @@ def test_a_ledger_that_cannot_record_stops_the_send_and_loses_no_one(smtp_server
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(SQLiteLedger, "mark_delivered_many", disk_full)
+        patch.setattr(DatabaseLedger, "mark_delivered_many", disk_full)
         with pytest.raises(DeliveryError, match="cannot record deliveries in the ledger"):
             send_day(settings, DAY)
     assert len(smtp_server.handler.messages) == 1, "nothing more is sent once acceptances cannot be recorded"

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 import pytest
 from click.testing import CliRunner
 
-from newsletter import state, subscribers
+from newsletter import state, storage, subscribers
 from newsletter.cli import cli
 from newsletter.digests import first_day, is_digest_day
 from newsletter.editions import send_day
@@ -38,7 +38,7 @@ def site(make_settings, library, tmp_path, smtp_server):
     csv.write_text("email,name,timezone\ndaily@example.com,Dee,\n", encoding="utf-8")
     toml = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\nretry_delay = 0.01\n'
     settings = make_settings(toml, events=library, state=tmp_path / "var", public=tmp_path / "public", subscribers=csv)
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     subscribers.add(conn, "weekly@example.com", name="Wes", frequency="weekly", weekday="sunday")
     conn.close()
     return settings
@@ -61,7 +61,7 @@ def stories(message):
 
 
 def set_frequency(settings, address, frequency, weekday="sunday"):
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     entry = subscribers.find(conn, address)
     state.update_preferences(
         conn, address, name=entry.name, timezone=entry.timezone, frequency=frequency, weekday=weekday
@@ -204,7 +204,7 @@ def test_a_digest_goes_exactly_once_across_a_kill_9_and_a_rerun(make_settings, l
         ids.setdefault(message.rcpt_tos[0], set()).add(message.message["Message-ID"])
     assert all(len(found) == 1 for found in ids.values())  # a resend carries the same Message-ID
     assert all(".digest." in next(iter(found)) for found in ids.values())
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     statuses = conn.execute("SELECT kind, status, COUNT(*) FROM deliveries GROUP BY 1, 2").fetchall()
     assert [tuple(r) for r in statuses] == [("digest", "delivered", 60)]
 

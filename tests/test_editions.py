@@ -2,7 +2,7 @@
 
 from datetime import date
 
-from newsletter import editions, events, state
+from newsletter import editions, events, state, storage
 from newsletter.editions import edition_for
 from tests.conftest import event_text, write_event
 
@@ -10,7 +10,7 @@ DAY = date(2026, 6, 25)
 
 
 def test_the_edition_is_recorded_and_never_changes_afterwards(settings, event_folder):
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     first = edition_for(DAY, settings, conn)
     assert state.recorded_editions(conn) == {DAY: first.event.id}
     write_event(event_folder, "06-25-aaa-round-anniversary.md", event_text("A round one", "1976-06-25"))

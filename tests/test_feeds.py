@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime
 import feedparser
 import pytest
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.errors import NewsletterError
 from newsletter.feeds import entry_id, publish
 from tests.conftest import event_text, write_event
@@ -15,7 +15,7 @@ NOW = datetime(2026, 6, 26, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def conn(settings):
-    return state.connect(settings.paths.state)
+    return storage.connect(settings)
 
 
 def parsed(settings, name):
@@ -60,7 +60,7 @@ def test_the_window_is_feed_days_long(make_settings, event_folder, tmp_path):
     settings = make_settings(
         "[newsletter]\nfeed_days = 1\n", events=event_folder, state=tmp_path / "v", public=tmp_path / "p"
     )
-    result = publish(settings, date(2026, 6, 25), state.connect(settings.paths.state), now=NOW)
+    result = publish(settings, date(2026, 6, 25), storage.connect(settings), now=NOW)
     assert [e.day for e in result.editions] == [date(2026, 6, 25)]
 
 
@@ -68,7 +68,7 @@ def test_ids_are_stable_across_rebuilds_and_machines(settings, conn, make_settin
     publish(settings, date(2026, 6, 25), conn, now=NOW)
     first = [e.id for e in parsed(settings, "atom.xml").entries]
     other = make_settings(events=event_folder, state=tmp_path / "other-var", public=tmp_path / "other-public")
-    publish(other, date(2026, 6, 25), state.connect(other.paths.state), now=NOW)
+    publish(other, date(2026, 6, 25), storage.connect(other), now=NOW)
     assert [e.id for e in parsed(other, "atom.xml").entries] == first
     assert first[0] == entry_id(settings, date(2026, 6, 25))
 
@@ -98,7 +98,7 @@ def test_time_zone_edge_tomorrow_in_auckland(make_settings, event_folder, tmp_pa
         public=tmp_path / "p",
     )
     now = datetime(2026, 6, 24, 20, 0, tzinfo=UTC)
-    result = publish(settings, date(2026, 6, 25), state.connect(settings.paths.state), now=now)
+    result = publish(settings, date(2026, 6, 25), storage.connect(settings), now=now)
     assert result.editions[0].day == date(2026, 6, 25)
     entry = parsed(settings, "atom.xml").entries[0]
     assert entry.published == "2026-06-25T07:00:00+12:00"
@@ -106,7 +106,7 @@ def test_time_zone_edge_tomorrow_in_auckland(make_settings, event_folder, tmp_pa
         publish(
             settings,
             date(2026, 6, 25),
-            state.connect(settings.paths.state),
+            storage.connect(settings),
             now=datetime(2026, 6, 24, 11, 0, tzinfo=UTC),
         )
 

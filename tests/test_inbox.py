@@ -10,9 +10,9 @@ from email.mime.text import MIMEText
 import pytest
 from click.testing import CliRunner
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.cli import cli
-from newsletter.ledger import SQLiteLedger
+from newsletter.ledger import DatabaseLedger
 from newsletter.mail.inbox import import_paths, mark_seen, summary
 from newsletter.subscribers import Subscriber
 from tests.test_bounces import dsn
@@ -57,8 +57,8 @@ def mailto_unsubscribe(sender, to="history@example.org", subject="unsubscribe", 
 @pytest.fixture
 def mailed(settings):
     """A state database in which Ada, Bob and Carol received the June 25 edition."""
-    conn = state.connect(settings.paths.state)
-    ledger = SQLiteLedger(conn)
+    conn = storage.connect(settings)
+    ledger = DatabaseLedger(conn)
     ids = {"ada@example.com": SENT_ID}
     readers = [Subscriber(a) for a in ("ada@example.com", "bob@example.com", "carol@example.com")]
     ledger.plan(date(2026, 6, 25), readers, lambda s: ids.get(s.key, f"<20260625.{s.key}@example.org>"))
@@ -104,13 +104,13 @@ def test_a_maildir_is_read_acted_on_and_marked_so_a_second_import_changes_nothin
     box = mailbox.Maildir(maildir, create=False)
     assert [(m.get_subdir(), m.get_flags()) for m in box] == [("cur", "S")] * 3  # handled, moved, flagged
     assert not list((maildir / "new").iterdir())
-    before = list(mailed.iterdump())
+    before = list(mailed.conn.iterdump())
 
     code, again = import_command(settings, maildir)
     assert code == 0
     assert all(line.endswith("nothing changed") and "already handled on" in line for line in again[:-1])
     assert again[-1] == "3 messages: 0 suppressed; 3 already handled, nothing changed"
-    assert list(mailed.iterdump()) == before
+    assert list(mailed.conn.iterdump()) == before
 
 
 def test_the_same_report_as_an_eml_file_twice_says_so_the_second_time(settings, mailed, tmp_path):
@@ -160,7 +160,7 @@ def test_a_dedicated_unsubscribe_address_takes_any_subject(make_settings, event_
     settings = make_settings(
         '[sender]\nunsubscribe_address = "leave@example.org"\n', events=event_folder, state=tmp_path / "var"
     )
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     state.add_subscriber(conn, "dan@example.com", source="web")
     path = tmp_path / "m.eml"
     path.write_bytes(mailto_unsubscribe("dan@example.com", to="leave@example.org", subject="stop").as_bytes())

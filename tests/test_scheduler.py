@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.scheduler import Daily, plan, send_moment, zone_state
 from newsletter.subscribers import Subscriber
 
@@ -139,7 +139,7 @@ def stale_warnings(caplog):
 
 
 def test_stale_warnings_speak_only_of_readers_not_yet_mailed_once_per_edition_and_zone(daily, smtp_server, caplog):
-    conn = state.connect(daily.settings.paths.state)  # a weekly reader is not missed on the other six days
+    conn = storage.connect(daily.settings)  # a weekly reader is not missed on the other six days
     state.add_subscriber(
         conn, "weekly@example.com", timezone="Asia/Tokyo", frequency="weekly", weekday="friday", source="cli"
     )
@@ -209,7 +209,7 @@ def test_a_failure_in_one_beat_is_logged_and_retried_at_the_next(daily, smtp_ser
 def test_the_job_publishes_the_feeds(daily, smtp_server):
     daily.beat(utc(2026, 6, 25, 7, 1))
     assert (daily.settings.paths.public / "2026" / "06" / "25" / "index.html").is_file()
-    assert state.recorded_editions(state.connect(daily.settings.paths.state))[date(2026, 6, 25)]
+    assert state.recorded_editions(storage.connect(daily.settings))[date(2026, 6, 25)]
 
 
 # The command, as a process.

@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from click.testing import CliRunner
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.cli import cli
 from newsletter.editions import send_day
 from newsletter.errors import DeliveryError, RelayDown
@@ -290,7 +290,7 @@ def test_a_non_ascii_local_part_goes_with_smtputf8_or_is_a_clear_permanent_failu
         assert (result.delivered, result.unsendable, result.complete) == (2, 1, True)
         assert row["status"] == "skipped" and "needs SMTPUTF8" in row["last_reply"]
         assert "1 not sendable" in result.summary()
-        assert state.suppressed(state.connect(settings.paths.state)) == {}, "not a bounce: nothing suppressed"
+        assert state.suppressed(storage.connect(settings)) == {}, "not a bounce: nothing suppressed"
     assert len(smtp.handler.recipients()) == len(set(smtp.handler.recipients()))
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 import pytest
 from click.testing import CliRunner
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.cli import cli
 from newsletter.editions import send_day, send_test_copy
 from newsletter.status import next_due, overview
@@ -29,7 +29,7 @@ def sent(make_settings, event_folder, tmp_path, smtp_server, monkeypatch):
     smtp_server.handler.reject["carol@example.com"] = "452 4.2.2 mailbox full"
     send_day(settings, DAY)
     send_test_copy(settings, DAY, "me@example.org")
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     state.suppress(conn, "ada@example.com", "unsubscribed", "one-click")
     state.suppress(conn, "stranger@example.net", "complained", "abuse report")
     monkeypatch.setenv("NEWSLETTER_SECRET", "test-secret")
@@ -79,7 +79,7 @@ def test_json_for_scripts(sent):
 
 
 def test_next_due_per_zone_from_the_clock_and_the_ledger(sent):
-    conn = state.connect(sent.paths.state)
+    conn = storage.connect(sent)
     due = {z["zone"]: z for z in next_due(sent, conn, datetime(2026, 6, 24, 7, 30, tzinfo=UTC))}
     # UTC (Carol, failed): inside the window with a reader unmailed: due now; London, mailed (Ada now unsubscribed
     # and Bob bounced are off the list): tomorrow at 07:00 BST; New York: 07:00 EDT today, still ahead.
@@ -100,11 +100,11 @@ def test_a_fresh_install_shows_its_subscribers_and_next_due(make_settings, tmp_p
     assert "editions: none sent yet" in out and "test copies: none" in out
     assert {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}["active"][-1] == "5"
     assert "next due:" in out
-    assert set(overview(settings, state.connect(settings.paths.state), datetime.now(UTC))) >= {"next_due"}
+    assert set(overview(settings, storage.connect(settings), datetime.now(UTC))) >= {"next_due"}
 
 
 def test_a_weekly_reader_is_due_on_their_weekday(sent):
-    conn = state.connect(sent.paths.state)
+    conn = storage.connect(sent)
     state.add_subscriber(
         conn, "w@example.com", timezone="Asia/Tokyo", frequency="weekly", weekday="friday", source="cli"
     )

@@ -16,9 +16,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from newsletter import state
+from newsletter import storage
 from newsletter.cli import cli
 from newsletter.editions import send_day
+from newsletter.storage import sqlite
 from tests.test_delivery import DAY, ledger_rows
 from tests.test_sending import sender, server  # noqa: F401  (fixtures)
 
@@ -47,7 +48,7 @@ def one_error_line(err: str) -> str:
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_a_corrupted_database_file_is_one_line_for_every_command_and_stays_untouched(sender, tmp_path, command):  # noqa: F811
     settings = sender(1, count=2)
-    path = state.db_path(settings.paths.state)
+    path = sqlite.db_path(settings.paths.state)
     path.parent.mkdir(parents=True)
     garbage = b"this was a newsletter state database once\n" * 200
     path.write_bytes(garbage)
@@ -60,7 +61,7 @@ def test_a_corrupted_database_file_is_one_line_for_every_command_and_stays_untou
 
 def test_a_foreign_database_is_refused_and_not_migrated(sender, tmp_path):  # noqa: F811
     settings = sender(1, count=2)
-    path = state.db_path(settings.paths.state)
+    path = sqlite.db_path(settings.paths.state)
     path.parent.mkdir(parents=True)
     other = sqlite3.connect(path)
     other.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, title TEXT)")
@@ -101,14 +102,14 @@ def read_only(folder):
 def test_a_read_only_state_folder_is_one_line_and_nobody_is_mailed(server, sender, tmp_path, command):  # noqa: F811
     smtp = server()
     settings = sender(smtp.port, count=3)
-    state.connect(settings.paths.state).close()  # the database exists; the folder then turns read-only
+    storage.connect(settings).close()  # the database exists; the folder then turns read-only
     with read_only(settings.paths.state):
         code, _, err = invoke(tmp_path, *command)
     if command[1] == "--dry-run":
         assert code == 0  # a dry run only reads
         return
     assert code == 1
-    assert one_error_line(err).startswith(f"Error: {state.db_path(settings.paths.state)}: ")
+    assert one_error_line(err).startswith(f"Error: {sqlite.db_path(settings.paths.state)}: ")
     assert f"{settings.paths.state} is read-only or not writable for this user" in err or "cannot open it" in err
     assert smtp.handler.messages == []
     assert send_day(settings, DAY).delivered == 3  # once writable again, everyone gets one message
@@ -129,14 +130,14 @@ def test_a_disk_that_fills_up_mid_send_stops_with_one_line_and_a_rerun_mails_nob
     deadline = time.monotonic() + 30
     while len(smtp.handler.messages) < 10 and time.monotonic() < deadline:
         time.sleep(0.01)
-    wal = state.db_path(settings.paths.state).with_name(state.DB_NAME + "-wal")
+    wal = sqlite.db_path(settings.paths.state).with_name(sqlite.DB_NAME + "-wal")
     limit = wal.stat().st_size + 100  # the next commit's frames no longer fit
     resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, limit))
     _, err = process.communicate(timeout=30)
     assert process.returncode == 1
     err = one_error_line(err.decode())
     assert err.startswith(
-        f"Error: cannot record deliveries in the ledger: {state.db_path(settings.paths.state)}: "
+        f"Error: cannot record deliveries in the ledger: {sqlite.db_path(settings.paths.state)}: "
         "the disk could not be written (full, or failing): free some space or check the disk, then run the command again"
     )  # SQLite reports a write cut short by the file size limit as an I/O error, a real full disk as "database or disk is full"
     before = len(smtp.handler.messages)

@@ -5,6 +5,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from newsletter import state
 from newsletter.errors import SubscriberError
+from newsletter.storage import sqlite
 from newsletter.subscribers import Tally, _checked_domain, check_address, iter_recipients, read_csv
 
 
@@ -69,7 +70,7 @@ def test_duplicates_are_mailed_once_case_insensitively(tmp_path):
 
 def test_suppression_always_wins_and_the_list_rules_its_own_rows(tmp_path):
     path = write_csv(tmp_path / "s.csv", "email,name,timezone\nada@example.com,Ada,\nbob@example.com,Bob,\n")
-    conn = state.connect(tmp_path / "var")
+    conn = sqlite.connect(tmp_path / "var")
     state.suppress(conn, "BOB@example.com", "unsubscribed")
     state.add_subscriber(conn, "web@example.net", name="Web", timezone="Asia/Tokyo", source="web")
     state.add_subscriber(conn, "ada@example.com", name="Ada Web", source="web")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from newsletter import storage
 from newsletter.tokens import (
     NO_ID,
     legacy_accepted,
@@ -114,7 +115,7 @@ def test_outbox_messages_carry_each_readers_own_working_link(settings, tmp_path)
     from newsletter.render import list_id
     from newsletter.subscribers import Tally, sync_csv
 
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     sync_csv(settings.paths.subscribers, conn, Tally())
     dry_run(settings, date(2026, 6, 24), outbox=tmp_path / "outbox")
     files = sorted((tmp_path / "outbox").iterdir())

@@ -14,7 +14,7 @@ from datetime import date
 import httpx
 import pytest
 
-from newsletter import state, subscribers, tokens
+from newsletter import state, storage, subscribers, tokens
 from newsletter.editions import send_day
 from newsletter.render import list_id
 from tests.conftest import free_port, strict_html
@@ -82,7 +82,7 @@ def token_for(settings, address, purpose="unsubscribe"):
 
     For an address not on the list: a well-made token of an id nobody has.
     """
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     subscribers.sync_csv(settings.paths.subscribers, conn, subscribers.Tally())
     row = state.find_subscriber(conn, address)
     public_id = row["public_id"] if row is not None else secrets.token_hex(16)
@@ -95,7 +95,7 @@ def legacy_token_for(settings, address):
 
 
 def suppressed(settings):
-    return state.suppressed(state.connect(settings.paths.state))
+    return state.suppressed(storage.connect(settings))
 
 
 def csrf_of(response):
@@ -146,7 +146,7 @@ def test_double_opt_in_from_form_to_first_newsletter(site, smtp_server):
         data={"csrf": csrf_of(form), "email": "new@example.org", "name": "New Reader", "timezone": "Europe/Paris"},
     )
     assert response.status_code == 200 and "Check your inbox" in response.text
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     assert conn.execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0  # not before confirming
     (confirmation,) = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == ["new@example.org"]]
     link = re.search(r"(http://127\.0\.0\.1:\d+/confirm\?token=\S+)", confirmation.get_content()).group(1)
@@ -166,7 +166,7 @@ def test_an_expired_confirmation_link_is_refused(site):
     )
     for response in (client.get(f"/confirm?token={expired}"), client.post(f"/confirm?token={expired}")):
         assert response.status_code == 400 and "expired" in response.text
-    assert state.connect(settings.paths.state).execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0
+    assert storage.connect(settings).execute("SELECT COUNT(*) FROM subscribers").fetchone()[0] == 0
 
 
 def test_an_unsubscribe_token_cannot_confirm_a_signup(site):
@@ -233,12 +233,12 @@ def confirm(client, link):
 
 def dump(settings):
     """Every row of the state database, to show that a request changed nothing."""
-    return list(state.connect(settings.paths.state).iterdump())
+    return list(storage.connect(settings).conn.iterdump())
 
 
 def web_subscriber(settings, address):
     row = (
-        state.connect(settings.paths.state)
+        storage.connect(settings)
         .execute("SELECT name, timezone FROM subscribers WHERE email = ?", (address,))
         .fetchone()
     )
@@ -271,7 +271,7 @@ def test_a_mail_server_that_cannot_take_the_confirmation_gets_an_honest_page(sit
     smtp_server.handler.drop = 1  # the connection breaks at DATA
     down = sign_up(client, "later@example.org")
     assert down.status_code == 503 and "try again" in down.text and "Check your inbox" not in down.text
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     assert conn.execute("SELECT COUNT(*) FROM signup_requests").fetchone()[0] == 0
     smtp_server.handler.reject["nobody@example.org"] = "550 5.1.1 no such user"
     refused = sign_up(client, "nobody@example.org")
@@ -324,7 +324,7 @@ def test_the_access_log_never_records_link_tokens(site, tmp_path):
 
 def test_confirming_an_address_that_bounced_says_delivery_is_on_hold(site, smtp_server):
     settings, client = site
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     state.suppress(conn, "held@example.org", "bounced", "550 no such user")
     sign_up(client, "held@example.org")
     (link,) = confirmation_links(smtp_server, "held@example.org")

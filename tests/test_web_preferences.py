@@ -5,7 +5,7 @@ from datetime import date
 
 import httpx
 
-from newsletter import state
+from newsletter import state, storage
 from newsletter.editions import send_day
 from newsletter.subscribers import zone_choices
 from tests.test_web import csrf_of, site, token_for  # noqa: F401  (site is a fixture)
@@ -16,7 +16,7 @@ def preferences_url(settings, address):
 
 
 def row(settings, address):
-    return state.find_subscriber(state.connect(settings.paths.state), address)
+    return state.find_subscriber(storage.connect(settings), address)
 
 
 def save(client, url, **fields):
@@ -110,7 +110,7 @@ def test_unsubscribe_is_one_click_from_the_page_and_the_pages_link_back(site):  
     action = re.search(r'<form method="post" action="(unsubscribe\?token=[^"]+)"', page.text).group(1)
     done = client.post("/" + action.replace("&amp;", "&"), data={"csrf": csrf_of(page)})
     assert done.status_code == 200 and "You are unsubscribed" in done.text and "preferences?token=" in done.text
-    assert state.suppressed(state.connect(settings.paths.state)) == {"ada@example.com": "unsubscribed"}
+    assert state.suppressed(storage.connect(settings)) == {"ada@example.com": "unsubscribed"}
     again = client.get(preferences_url(settings, "ada@example.com"))
     assert "We send nothing to this address now (unsubscribed)" in again.text
     unsubscribe_page = client.get(f"/unsubscribe?token={token_for(settings, 'ada@example.com')}")
@@ -133,7 +133,7 @@ def test_after_changing_zone_and_frequency_the_next_sends_follow_them(site, smtp
     from tests.test_scheduler import utc
 
     settings, client = site
-    conn = state.connect(settings.paths.state)
+    conn = storage.connect(settings)
     state.add_subscriber(conn, "bob@example.org", name="Bob", source="cli")  # stays daily, in the newsletter's zone
     send_day(settings, date(2026, 6, 24))  # Wednesday: both get the daily edition
     saved = save(

@@ -13,7 +13,6 @@ import email
 import email.policy
 import hashlib
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
@@ -23,7 +22,8 @@ from pathlib import Path
 from newsletter import bounces, state
 from newsletter.bounces import Outcome
 from newsletter.config import Settings
-from newsletter.ledger import SQLiteLedger
+from newsletter.ledger import DatabaseLedger
+from newsletter.storage import Database
 
 SEEN = "S"  # the Maildir flag set on a handled message (cur/KEY:2,S)
 
@@ -52,7 +52,7 @@ class _Item:
     maildir_file: Path | None = None
 
 
-def import_paths(paths: list[Path], settings: Settings, conn: sqlite3.Connection) -> list[Report]:
+def import_paths(paths: list[Path], settings: Settings, conn: Database) -> list[Report]:
     """Handle every message of every path (.eml file or Maildir folder), each message once."""
     reader = _Reader(settings, conn)
     return [reader.handle(item) for path in paths for item in _items(path)]
@@ -128,9 +128,9 @@ def message_key(data: bytes, message: Message) -> str:
 class _Reader:
     """Handles messages against one state database; knows the unsubscribe address."""
 
-    def __init__(self, settings: Settings, conn: sqlite3.Connection) -> None:
+    def __init__(self, settings: Settings, conn: Database) -> None:
         self.settings, self.conn = settings, conn
-        self.ledger = SQLiteLedger(conn)
+        self.ledger = DatabaseLedger(conn)
         self.unsubscribe_address = settings.unsubscribe_address.lower()
         # when the mailto address is also From or Reply-To, replies land there too: only a subject asking counts
         self.dedicated = self.unsubscribe_address not in {
@@ -143,7 +143,7 @@ class _Reader:
             return Report(item.source, (Outcome("error", "", item.error),))
         message = email.message_from_bytes(item.data, policy=email.policy.compat32)
         key = message_key(item.data, message)
-        with state.transaction(self.conn):
+        with self.conn.transaction():
             before = self.conn.execute("SELECT handled_at FROM inbox_messages WHERE key = ?", (key,)).fetchone()
             if before is not None:
                 report = Report(item.source, (), before[0][:10])

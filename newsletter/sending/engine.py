@@ -20,7 +20,6 @@ import heapq
 import itertools
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,6 @@ from newsletter.mail.transport import Abort, CannotConnect, Connection, Dropped,
 from newsletter.mail.wire import Wire
 from newsletter.render import RenderedEdition
 from newsletter.sending.throttle import Throttle
-from newsletter.state import storage_error
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +215,8 @@ class Acceptances:
                 batch, self.held, upto = self.held, [], self.added
             try:
                 self.ledger.mark_delivered_many(self.day, batch)
-            except sqlite3.Error as exc:
-                raise Abort(f"cannot record deliveries in the ledger: {storage_error(exc, self.ledger.path)}") from None
+            except self.ledger.errors as exc:
+                raise Abort(f"cannot record deliveries in the ledger: {self.ledger.error(exc)}") from None
             self.committed = upto
 
 
@@ -319,8 +317,8 @@ def _worker(run: Run) -> None:
     try:
         while _recorded(run, ticket[0]) and (work := run.queue.take()) is not None:
             _deliver(run, connection, work, ticket)
-    except sqlite3.Error as exc:
-        run.halt(str(storage_error(exc, run.ledger.path)))
+    except run.ledger.errors as exc:
+        run.halt(str(run.ledger.error(exc)))
     except Exception as exc:
         log.debug("sending thread failed", exc_info=True)
         run.halt(f"unexpected error while sending ({type(exc).__name__}: {exc})")
