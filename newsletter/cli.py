@@ -325,6 +325,8 @@ def edition_text(data: dict[str, Any]) -> str:
     lines = [f"date: {data['date']}", f"event: {data['event'] or '-'}", counts]
     if any(data["digest_counts"].values()):
         lines.append("weekly digests: " + ", ".join(f"{status} {n}" for status, n in data["digest_counts"].items()))
+    if data.get("pruned"):
+        lines.append("pruned: its recipient rows are folded into these totals (database.keep_days)")
     failures = [[f["status"], f["email"], str(f["attempts"]), f["last_reply"] or "-"] for f in data["not_delivered"]]
     text = "\n".join(lines) + "\n"
     if failures:
@@ -463,6 +465,33 @@ def _clock(start: str | None, monotonic: Any) -> Any:
         raise click.BadParameter("must include a UTC offset", param_hint="--now")
     began = monotonic()
     return lambda: origin + timedelta(seconds=monotonic() - began)
+
+
+def _keep_days(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and (value < 0 or 0 < value < 14):
+        raise click.BadParameter("must be 0 (keep everything) or at least 14 (bounces and digests need two weeks)")
+    return value
+
+
+@cli.command("prune")
+@click.option(
+    "--keep-days",
+    type=int,
+    callback=_keep_days,
+    metavar="N",
+    help="Keep the recipient rows of the last N days whole (default: database.keep_days).",
+)
+@pass_ctx
+def prune_command(ctx: Context, keep_days: int | None) -> None:
+    """Fold the recipient rows of editions older than N days into per-edition totals (status shows the same)."""
+    from newsletter import retention
+
+    keep = ctx.settings.database.keep_days if keep_days is None else keep_days
+    with state_db(ctx) as conn, conn.guarded():
+        result = retention.prune(conn, ctx.today(), keep)
+    for folded in result.folded:
+        click.echo(folded.line())
+    click.echo(result.summary())
 
 
 @cli.command("serve")
@@ -776,6 +805,7 @@ EXAMPLES: dict[str, str] = {
     "preview": "newsletter preview --date 2026-06-25 --output june25.html",
     "publish": "newsletter publish --date 2026-06-25",
     "run": "newsletter run --once",
+    "prune": "newsletter prune --keep-days 30",
     "serve": "newsletter serve --host 127.0.0.1 --port 8080",
     "doctor": "newsletter --config /srv/newsletter/newsletter.toml doctor",
     "inbox": "newsletter inbox import /var/mail/bounces/Maildir",

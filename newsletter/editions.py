@@ -18,7 +18,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Protocol
 
-from newsletter import state, storage
+from newsletter import retention, state, storage
 from newsletter.config import Settings
 from newsletter.digests import dry_run_digests, plan_digests, renderer, send_digests
 from newsletter.errors import DeliveryError
@@ -132,6 +132,7 @@ def send_day(
     conn = storage.connect(settings)
     try:
         with edition_lock(settings.paths.state, day), conn.guarded():
+            retention.refuse_folded(conn, day)
             if retry_failed and day not in state.recorded_editions(conn):
                 raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
             ledger = DatabaseLedger(conn)
@@ -208,6 +209,8 @@ def dry_run(settings: Settings, day: date, *, outbox: Path | None = None) -> Dry
     """Select, render and count (or write to an outbox) without touching the network or the state."""
     conn = storage.connect_readonly(settings)
     try:
+        if conn:
+            retention.refuse_folded(conn, day)
         edition = edition_for(day, settings, conn, record=False)
         rendered = render_edition(edition, settings, allow_insecure_secret=True)
         render = renderer(

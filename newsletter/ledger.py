@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
+from newsletter import retention
 from newsletter.errors import StorageError
 from newsletter.state import suppress, utcnow_text
 from newsletter.storage import Database
@@ -220,7 +221,7 @@ class DatabaseLedger:
         return int(row[0])
 
     def counts(self, day: date) -> dict[str, int]:
-        """Count the edition's rows per status."""
+        """Count the edition's rows per status, with those ``prune`` folded into totals."""
         result = dict.fromkeys(STATUSES, 0)
         with self._lock:
             for status, count in self.conn.execute(
@@ -228,16 +229,22 @@ class DatabaseLedger:
                 (day.isoformat(), self.KIND),
             ):
                 result[status] = count
+            for status, count in retention.totals_of(self.conn, day, self.KIND).items():
+                result[status] = result.get(status, 0) + count
         return result
 
     def editions(self) -> list[tuple[date, dict[str, int]]]:
-        """Every edition in the ledger, newest first, with its counts per status."""
+        """Every edition in the ledger, newest first, with its counts per status (folded ones from their totals)."""
         table: dict[str, dict[str, int]] = {}
         with self._lock:
             for day, status, count in self.conn.execute(
                 "SELECT day, status, COUNT(*) FROM deliveries WHERE kind = ? GROUP BY day, status", (self.KIND,)
             ):
                 table.setdefault(day, dict.fromkeys(STATUSES, 0))[status] = count
+            for day, totals in retention.all_totals(self.conn, self.KIND).items():
+                row = table.setdefault(day, dict.fromkeys(STATUSES, 0))
+                for status, count in totals.items():
+                    row[status] = row.get(status, 0) + count
         return [(date.fromisoformat(day), counts) for day, counts in sorted(table.items(), reverse=True)]
 
     def find_message(self, message_id: str) -> tuple[date, str] | None:

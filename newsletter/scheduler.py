@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from newsletter import state, storage
+from newsletter import retention, state, storage
 from newsletter.config import Settings
 from newsletter.editions import SendResult, send_day
 from newsletter.errors import NewsletterError, RelayDown
@@ -124,6 +124,7 @@ class Daily:
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
     _noticed: set[tuple[date, str]] = field(default_factory=set)  # stale zones this process already looked at
+    _pruned_on: date | None = None  # the local date this process last applied database.keep_days
 
     def beat(self, now: datetime) -> Beat:
         """Do whatever is due at ``now``: publish the feeds, then send each due local edition."""
@@ -140,7 +141,32 @@ class Daily:
             if self.stop.is_set():
                 break
             self._send(day, zones, now, result)
+        self._prune(now, result)
         return result
+
+    def _prune(self, now: datetime, result: Beat) -> None:
+        """Apply database.keep_days once a day, after the sends (a failure is retried at the next beat)."""
+        keep = self.settings.database.keep_days
+        today = now.astimezone(self.settings.zone).date()
+        if keep == 0 or self._pruned_on == today or self.stop.is_set():
+            return
+        try:
+            conn = storage.connect(self.settings)
+        except NewsletterError as exc:
+            log.error("pruning failed, will retry at the next beat: %s", exc)
+            result.errors.append(str(exc))
+            return
+        try:
+            with conn.guarded():
+                done = retention.daily_prune(conn, today, keep)
+            self._pruned_on = today
+            if done is not None and done.folded:
+                log.info("%s", done.summary())
+        except NewsletterError as exc:
+            log.error("pruning failed, will retry at the next beat: %s", exc)
+            result.errors.append(str(exc))
+        finally:
+            conn.close()
 
     def _plan(self, now: datetime) -> Plan:
         conn = storage.connect_readonly(self.settings)

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from newsletter import state
+from newsletter import retention, state
 from newsletter.config import Settings
 from newsletter.ledger import STATUSES, DatabaseLedger, DigestLedger
 from newsletter.scheduler import mailed_on, send_moment
@@ -140,5 +140,6 @@ def edition_detail(conn: Database, day: date, limit: int = FAILURES_SHOWN) -> di
         "counts": {status: counts.get(status, 0) for status in STATUSES},
         "digest_counts": {status: digests.get(status, 0) for status in STATUSES},
         "not_delivered": [dict(zip(keys, row, strict=True)) for row in rows],
+        "pruned": retention.is_folded(conn, day),  # its recipient rows are folded into totals: counts only
         "tests": [copy for copy in test_copies(conn, limit) if copy["date"] == day.isoformat()],
     }

@@ -189,6 +189,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         INSERT INTO link_tokens VALUES ('public-id', strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'));
         """,
     ),
+    (
+        "0090-edition-totals",
+        """
+        -- what `newsletter prune` keeps of an old edition once its recipient rows are folded (retention.py)
+        CREATE TABLE edition_totals (
+            day TEXT NOT NULL,               -- the edition date
+            kind TEXT NOT NULL CHECK (kind IN ('edition', 'digest', 'test')),  -- 'test': send --to copies
+            status TEXT NOT NULL,            -- a deliveries status (or a test copy's)
+            total INTEGER NOT NULL,          -- how many rows of that date, kind and status were folded
+            PRIMARY KEY (day, kind, status)
+        );
+        """,
+    ),
 ]
 
 

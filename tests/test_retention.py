@@ -1,0 +1,210 @@
+"""newsletter prune: old editions' recipient rows folded into per-edition totals, status unchanged, state bounded."""
+
+from dataclasses import replace
+from datetime import UTC, date, datetime
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter import retention, state, storage
+from newsletter.bounces import import_bounce
+from newsletter.cli import cli
+from newsletter.editions import dry_run, send_day, send_test_copy
+from newsletter.errors import DeliveryError
+from newsletter.ledger import DatabaseLedger, DigestLedger
+from newsletter.scheduler import Daily
+from newsletter.status import edition_detail, overview
+from newsletter.subscribers import Subscriber
+from tests.test_bounces import dsn
+
+OLD, RECENT = date(2026, 6, 24), date(2026, 6, 25)
+TODAY = date(2026, 7, 9)  # with keep_days 14 the first date kept whole is June 25: June 24 is folded
+NOW = datetime(2026, 7, 9, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sent(make_settings, event_folder, tmp_path, smtp_server, monkeypatch):
+    """Two editions to four readers (delivered, bounced, failed), seven test copies, two suppressions."""
+    csv = tmp_path / "subscribers.csv"
+    csv.write_text(
+        "email,name,timezone\nada@example.com,Ada,Europe/London\nbob@example.com,Bob,\n"
+        "carol@example.com,Carol,\ndan@example.com,Dan,America/New_York\n",
+        encoding="utf-8",
+    )
+    toml = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\nmax_attempts = 1\n'
+    settings = make_settings(toml, events=event_folder, state=tmp_path / "var", public=tmp_path / "p", subscribers=csv)
+    smtp_server.handler.reject["bob@example.com"] = "550 5.1.1 no such user"
+    smtp_server.handler.reject["carol@example.com"] = "452 4.2.2 mailbox full"
+    send_day(settings, OLD)
+    send_test_copy(settings, OLD, "me0@example.org")
+    conn = storage.connect(settings)
+    for n in range(1, 6):  # more old test copies than status lists: the oldest are folded, the newest five stay
+        DatabaseLedger(conn).record_test_send(OLD, f"me{n}@example.org", "delivered", "250 ok", f"<t{n}@example.org>")
+    send_day(settings, RECENT)
+    send_test_copy(settings, RECENT, "me@example.org")
+    state.suppress(conn, "stranger@example.net", "complained", "abuse report")
+    conn.close()
+    monkeypatch.setenv("NEWSLETTER_SECRET", "test-secret")
+    return settings
+
+
+@pytest.fixture
+def conn(sent):
+    conn = storage.connect(sent)
+    yield conn
+    conn.close()
+
+
+def rows(conn, table, day):
+    return [tuple(r) for r in conn.execute(f"SELECT * FROM {table} WHERE day = ? ORDER BY 1, 2", (day.isoformat(),))]
+
+
+def everything_status_shows(settings, conn):
+    detail = [edition_detail(conn, day) for day in (OLD, RECENT)]
+    return overview(settings, conn, NOW), [(d["event"], d["counts"], d["digest_counts"]) for d in detail]
+
+
+def test_status_shows_the_same_numbers_before_and_after(sent, conn):
+    before = everything_status_shows(sent, conn)
+    result = retention.prune(conn, TODAY, 14)
+    assert [f.day for f in result.folded] == [OLD] and result.kept == 1
+    assert everything_status_shows(sent, conn) == before
+    assert before[1][0][1] == {"pending": 0, "delivered": 2, "failed": 1, "bounced": 1, "skipped": 0}
+    assert rows(conn, "deliveries", OLD) == []  # the rows are gone; their counts live on in the totals
+    assert edition_detail(conn, OLD)["pruned"] and not edition_detail(conn, RECENT)["pruned"]
+
+
+def test_the_status_command_prints_the_same_tables(sent, conn):
+    def status(*args):
+        result = CliRunner().invoke(cli, ["--config", str(sent.source), "status", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    before = status()
+    retention.prune(conn, TODAY, 14)
+    after = status()
+    assert after == before  # 'next due' reads the clock, but both ran within the same minute
+    detail = status("--date", OLD.isoformat())
+    assert "pending 0, delivered 2, failed 1, bounced 1, skipped 0" in detail and "pruned:" in detail
+
+
+def test_pruning_twice_changes_nothing_the_second_time(sent, conn):
+    first = retention.prune(conn, TODAY, 14)
+    totals = [tuple(r) for r in conn.execute("SELECT * FROM edition_totals ORDER BY 1, 2, 3")]
+    second = retention.prune(conn, TODAY, 14)
+    assert first.folded and second.folded == []
+    assert [tuple(r) for r in conn.execute("SELECT * FROM edition_totals ORDER BY 1, 2, 3")] == totals
+    assert second.summary().startswith("nothing to fold: no recipient rows older than 2026-06-25 (keep_days 14)")
+
+
+def test_rows_within_keep_days_and_the_suppression_list_are_untouched(sent, conn):
+    recent = rows(conn, "deliveries", RECENT), rows(conn, "test_sends", RECENT)
+    suppressions = state.suppression_rows(conn)
+    retention.prune(conn, TODAY, 14)
+    assert (rows(conn, "deliveries", RECENT), rows(conn, "test_sends", RECENT)) == recent
+    assert state.suppression_rows(conn) == suppressions
+    kept = [r[0] for r in conn.execute("SELECT email FROM test_sends ORDER BY id")]
+    assert kept == ["me2@example.org", "me3@example.org", "me4@example.org", "me5@example.org", "me@example.org"]
+    assert retention.totals_of(conn, OLD, "test") == {"delivered": 2}  # me0 and me1 are older than the newest five
+
+
+def test_keep_days_zero_keeps_everything(sent, conn):
+    result = retention.prune(conn, date(2030, 1, 1), 0)
+    assert result.folded == [] and "nothing folded" in result.summary()
+    assert len(rows(conn, "deliveries", OLD)) == 4
+
+
+def test_a_bounce_for_a_recent_message_still_matches_its_row(sent, conn, tmp_path):
+    retention.prune(conn, TODAY, 14)
+    (message_id,) = conn.execute(
+        "SELECT message_id FROM deliveries WHERE day = ? AND email = 'dan@example.com'", (RECENT.isoformat(),)
+    ).fetchone()
+    path = dsn(tmp_path / "b.eml", "forwarded@example.net", "5.1.1", message_id=message_id)
+    [report] = import_bounce(path, conn)
+    assert (report.action, report.address) == ("suppressed", "dan@example.com")
+    status = conn.execute(
+        "SELECT status FROM deliveries WHERE day = ? AND email = 'dan@example.com'", (RECENT.isoformat(),)
+    )
+    assert status.fetchone()[0] == "bounced"  # the row found by its Message-ID
+
+
+def test_a_bounce_for_a_folded_edition_falls_back_to_the_failed_recipient(sent, conn, tmp_path):
+    retention.prune(conn, TODAY, 14)
+    path = dsn(tmp_path / "b.eml", "dan@example.com", "5.1.1", message_id="<20260624.gone@example.org>")
+    [report] = import_bounce(path, conn)
+    assert (report.action, report.address) == ("suppressed", "dan@example.com")
+    assert DatabaseLedger(conn).counts(OLD)["bounced"] == 1  # the totals are history: not rewritten
+
+
+def test_a_crash_mid_prune_loses_nothing_and_counts_nothing_twice(sent, conn):
+    newer = date(2026, 6, 26)
+    ledger = DatabaseLedger(conn)
+    ledger.plan(newer, [Subscriber("eve@example.com")], lambda s: "<x@example.org>")
+    conn.execute(  # the fold of the second edition fails half-way, after its totals were written
+        "CREATE TRIGGER crash BEFORE DELETE ON deliveries WHEN old.day = '2026-06-26' "
+        "BEGIN SELECT RAISE(ABORT, 'simulated crash'); END"
+    )
+    with pytest.raises(Exception, match="simulated crash"):
+        retention.prune(conn, date(2026, 7, 11), 14)
+    assert rows(conn, "deliveries", OLD) == [] and len(rows(conn, "deliveries", newer)) == 1
+    assert retention.totals_of(conn, newer, "edition") == {}  # rolled back with the failed delete
+    conn.execute("DROP TRIGGER crash")
+    retention.prune(conn, date(2026, 7, 11), 14)
+    assert ledger.counts(OLD)["delivered"] == 2 and ledger.counts(newer)["pending"] == 1
+    assert sum(retention.totals_of(conn, RECENT, "edition").values()) == 3  # Bob, suppressed, was not planned
+
+
+def test_digest_rows_are_folded_into_their_own_totals(sent, conn):
+    digests = DigestLedger(conn)
+    digests.plan_digests(OLD, [(Subscriber("w@example.com"), date(2026, 6, 18), "<w@example.org>")])
+    digests.mark_delivered(OLD, "w@example.com", "250 ok")
+    before = digests.editions(), DatabaseLedger(conn).editions()
+    retention.prune(conn, TODAY, 14)
+    assert (digests.editions(), DatabaseLedger(conn).editions()) == before
+    assert retention.totals_of(conn, OLD, "digest") == {"delivered": 1}
+
+
+def test_a_folded_edition_cannot_be_sent_again(sent, conn):
+    retention.prune(conn, TODAY, 14)
+    with pytest.raises(DeliveryError, match="the 2026-06-24 edition was pruned .* cannot be sent again"):
+        send_day(sent, OLD)
+    with pytest.raises(DeliveryError, match="was pruned"):
+        send_day(sent, OLD, retry_failed=True)
+    with pytest.raises(DeliveryError, match="was pruned"):
+        dry_run(sent, OLD)
+
+
+def test_the_daily_job_prunes_once_a_day(sent, conn, caplog):
+    caplog.set_level("INFO", logger="newsletter")
+    keeping = Daily(replace(sent, database=replace(sent.database, keep_days=0)))  # 0 keeps everything
+    keeping.beat(datetime(2026, 7, 9, 3, 0, tzinfo=UTC))
+    assert rows(conn, "deliveries", OLD) != []
+    daily = Daily(replace(sent, database=replace(sent.database, keep_days=14)))
+    daily.beat(datetime(2026, 7, 9, 3, 0, tzinfo=UTC))
+    assert rows(conn, "deliveries", OLD) == [] and rows(conn, "deliveries", RECENT) != []
+    assert "folded 1 edition older than 2026-06-25 (keep_days 14)" in caplog.text
+    DatabaseLedger(conn).plan(OLD, [Subscriber("late@example.com")], lambda s: "<l@example.org>")  # a stray row
+    Daily(daily.settings).beat(datetime(2026, 7, 9, 4, 0, tzinfo=UTC))  # another process, the same day: done already
+    assert len(rows(conn, "deliveries", OLD)) == 1
+    Daily(daily.settings).beat(datetime(2026, 7, 10, 3, 0, tzinfo=UTC))  # the next day
+    assert rows(conn, "deliveries", OLD) == [] and rows(conn, "deliveries", RECENT) == []
+
+
+def invoke(settings, *args):
+    return CliRunner().invoke(cli, ["--config", str(settings.source), *args])
+
+
+def test_the_prune_command_says_what_it_folded(sent, conn):
+    conn.execute("UPDATE deliveries SET day = '2000-01-02' WHERE day = ?", (OLD.isoformat(),))  # long ago
+    result = invoke(sent, "prune", "--keep-days", "30")  # today from the clock: June 2026 is folded too, later
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "2000-01-02: 4 recipient rows (1 bounced, 2 delivered, 1 failed)"
+    assert "folded" in result.stdout.splitlines()[-1] and "the suppression list is unchanged" in result.stdout
+    again = invoke(sent, "prune", "--keep-days", "30")
+    assert again.exit_code == 0 and again.stdout.startswith("nothing to fold")
+
+
+@pytest.mark.parametrize("days", ["5", "-1", "13"])
+def test_keep_days_under_two_weeks_is_refused(settings, days):
+    result = invoke(settings, "prune", "--keep-days", days)
+    assert result.exit_code == 2 and "must be 0 (keep everything) or at least 14" in result.output
