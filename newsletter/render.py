@@ -27,7 +27,7 @@ from urllib.parse import quote, urljoin
 import jinja2
 from markdown_it import MarkdownIt
 
-from newsletter import signing, tokens
+from newsletter import inlining, signing, tokens
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.events import Event
@@ -294,7 +294,7 @@ def _rendered(
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     secret = settings.signing_secret(allow_insecure=allow_insecure_secret)
-    html = _short_lines(_inline(html, settings.paths.templates))
+    html = _short_lines(inlining.inline(html, settings.paths.templates, settings.paths.state))
     template = _message_template(settings, subject, html, text, now)
     pieces = _PLACEHOLDER.split(template)
     segments, slots = tuple(pieces[0::2]), tuple(pieces[1::2])
@@ -380,28 +380,6 @@ def _text_context(edition: Edition, context: dict[str, object]) -> dict[str, obj
         "preferences_url": _PREFS.decode(),
         "greeting_name": _NAME_TEXT.decode(),
     }
-
-
-def _inline(html: str, templates: Path) -> str:
-    """Inline the stylesheet with premailer (offline); keep the @media rules in a <style> block."""
-    import premailer  # here, not at the top: commands that render nothing never load it (nor requests)
-
-    css = (templates / "email" / "email.css").read_text(encoding="utf-8")
-    media = (templates / "email" / "media.css").read_text(encoding="utf-8")
-    inliner = premailer.Premailer(
-        html,
-        css_text=css,
-        allow_network=False,
-        allow_loading_external_files=False,
-        strip_important=False,  # the kept @media rules need !important to beat inline styles
-        keep_style_tags=False,
-        remove_classes=False,  # the @media rules select by class
-        disable_validation=True,
-        cssutils_logging_level=logging.CRITICAL,
-        disable_link_rewrites=True,
-    )
-    inlined = inliner.transform(pretty_print=False)
-    return inlined.replace("</head>", f'<style type="text/css">\n{media}</style>\n</head>', 1)
 
 
 def _short_lines(html: str, limit: int = 900) -> str:

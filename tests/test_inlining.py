@@ -1,0 +1,134 @@
+"""Inlining: premailer's output, kept on disk so the next render of the same edition does not inline again."""
+
+import shutil
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+
+import pytest
+
+from newsletter import inlining
+from newsletter.config import bundled
+from newsletter.events import load_events
+from newsletter.render import render_edition
+from newsletter.selection import select_edition
+from tests.conftest import event_text, write_event
+from tests.test_storage_errors import read_only
+
+NOW = datetime(2026, 6, 25, 5, 0, tzinfo=UTC)
+DAY = date(2026, 6, 24)
+
+
+def render(settings):
+    return render_edition(select_edition(DAY, load_events(settings.paths.events)), settings, now=NOW)
+
+
+def entries(settings):
+    return sorted((settings.paths.state / inlining.CACHE_FOLDER).glob("*.html"))
+
+
+@pytest.fixture
+def templates(tmp_path):
+    """A copy of the bundled templates that a test may edit."""
+    return shutil.copytree(bundled("templates"), tmp_path / "templates")
+
+
+@pytest.fixture
+def cached_settings(make_settings, event_folder, templates, tmp_path):
+    """Settings whose state folder exists (an installation that has run before)."""
+    (tmp_path / "var").mkdir()
+    return make_settings(events=event_folder, templates=templates, state=tmp_path / "var")
+
+
+def test_a_second_render_reads_the_same_bytes_from_the_cache(cached_settings, monkeypatch):
+    first = render(cached_settings)
+    assert len(entries(cached_settings)) == 1
+    monkeypatch.setattr(inlining, "premailer_inline", lambda *args: pytest.fail("inlined again"))
+    second = render(cached_settings)
+    assert second.html.encode() == first.html.encode()
+    assert second.text == first.text
+
+
+def test_the_cache_holds_exactly_what_premailer_makes(make_settings, event_folder, templates, tmp_path):
+    uncached = render(make_settings(events=event_folder, templates=templates, state=tmp_path / "absent"))
+    (tmp_path / "var").mkdir()
+    settings = make_settings(events=event_folder, templates=templates, state=tmp_path / "var")
+    render(settings)  # writes the entry
+    assert render(settings).html.encode() == uncached.html.encode()  # reads it
+
+
+def test_a_changed_template_is_inlined_again(cached_settings, templates):
+    before = render(cached_settings)
+    layout = templates / "email" / "parts" / "layout.html"
+    layout.write_text(layout.read_text().replace("</body>", "<p>A new closing line.</p></body>"))
+    after = render(cached_settings)
+    assert "A new closing line." in after.html and "A new closing line." not in before.html
+    assert len(entries(cached_settings)) == 2
+
+
+def test_a_changed_stylesheet_is_inlined_again(cached_settings, templates):
+    before = render(cached_settings)
+    css = templates / "email" / "email.css"
+    css.write_text(css.read_text() + "\nbody { word-spacing: 3px; }\n")
+    after = render(cached_settings)
+    assert "word-spacing:3px" in after.html and "word-spacing" not in before.html
+
+
+def test_a_changed_event_file_is_inlined_again(cached_settings, event_folder):
+    before = render(cached_settings)
+    write_event(event_folder, "06-24-first-thing.md", event_text("A June 24 event, retold", "1995-06-24"))
+    after = render(cached_settings)
+    assert "A June 24 event, retold" in after.html and "retold" not in before.html
+    assert len(entries(cached_settings)) == 2
+
+
+def test_a_damaged_entry_is_ignored_and_rewritten(cached_settings):
+    first = render(cached_settings)
+    (entry,) = entries(cached_settings)
+    entry.write_bytes(entry.read_bytes()[:-100])  # cut short, as a full disk might leave it
+    assert render(cached_settings).html == first.html
+    assert inlining.read_cached(entry.parent, entry.stem) is not None
+
+
+def test_no_state_folder_no_cache(make_settings, event_folder, tmp_path):
+    settings = make_settings(events=event_folder, state=tmp_path / "var")
+    render(settings)
+    assert not (tmp_path / "var").exists()  # a dry run on a fresh install creates nothing
+
+
+def test_a_read_only_state_folder_still_renders(cached_settings):
+    with read_only(cached_settings.paths.state):
+        assert "<html" in render(cached_settings).html
+    assert entries(cached_settings) == []
+
+
+def test_the_oldest_entries_are_pruned(tmp_path):
+    folder = tmp_path / "inline"
+    for n in range(5):
+        inlining.write_cached(folder, f"{n:064x}", f"<p>{n}</p>")
+    inlining.prune(folder, 3)
+    assert len(list(folder.glob("*.html"))) == 3
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_premailer_loads_without_requests_which_it_imports_only_on_use():
+    code = (
+        "import sys; from newsletter import inlining; "
+        "p = inlining.import_premailer(); print('requests' in sys.modules); "
+        "import premailer.premailer as m; print(m.requests.Session.__module__, 'requests' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["False", "requests.sessions True"]
+
+
+def test_a_repeat_run_in_a_new_process_does_not_load_premailer(cached_settings, tmp_path):
+    render(cached_settings)
+    code = (
+        "import sys; from datetime import date; from newsletter.config import load_settings; "
+        "from newsletter.editions import edition_for; from newsletter.render import render_edition; "
+        f"s = load_settings({str(tmp_path / 'newsletter.toml')!r}, env={{'NEWSLETTER_SECRET': 'x'}}); "
+        "render_edition(edition_for(date(2026, 6, 24), s, None), s, allow_insecure_secret=True); "
+        "print(sorted(m for m in ('premailer', 'cssutils', 'requests') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert result.stdout.strip() == "[]"
