@@ -2,11 +2,14 @@
 
 Issue 12's target: under 0.5 s. Each measurement is a new process (the OS file cache warm),
 run as the README runs it: no configuration, the bundled events and subscribers.example.csv,
-today's date. Two cases:
+today's date. Three cases:
 
-- first run: a new empty working folder each time, so nothing is cached (a fresh clone);
-- repeat: the same folder again, after one run filled its state folder (the inlined-HTML
-  cache in ``var/cache/``), as the daily job's run after a dry run or a preview of the day.
+- fresh clone: a new empty working folder each time (the README's first command; a dry
+  run creates no state folder, so nothing is cached);
+- first run of a day: an installed folder (``newsletter status`` made its state database)
+  whose inlined-HTML cache (``var/cache/``) is emptied before each run;
+- repeat: the same installed folder with the cache filled by one run, as the daily job's
+  send after a dry run or a preview of the day.
 
 Bytecode is written by one warm-up run first (``pip install .`` compiles it at install time;
 an editable install with PYTHONDONTWRITEBYTECODE set would recompile our modules on every start).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,8 +40,10 @@ def environment() -> dict[str, str]:
     return {**env, "NEWSLETTER_CONFIG": ""}
 
 
-def run_once(folder: Path) -> tuple[float, float]:
-    """Run the dry run in ``folder``; return its wall time and CPU time in seconds."""
+def run_once(folder: Path, *, uncached: bool = False) -> tuple[float, float]:
+    """Run the dry run in ``folder`` (emptying its cache first if ``uncached``); return its wall and CPU time."""
+    if uncached:
+        shutil.rmtree(folder / "var" / "cache", ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(COMMAND, check=True, capture_output=True, cwd=folder, env=environment())
@@ -61,10 +67,13 @@ def main(rounds: int) -> None:
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {rounds} fresh processes per case")
     with tempfile.TemporaryDirectory() as top:
         run_once(Path(tempfile.mkdtemp(dir=top)))  # writes the bytecode, as an install does
-        first = [run_once(Path(tempfile.mkdtemp(dir=top))) for _ in range(rounds)]
-        warm = Path(tempfile.mkdtemp(dir=top))
-        run_once(warm)
-        repeat = [run_once(warm) for _ in range(rounds)]
+        fresh = [run_once(Path(tempfile.mkdtemp(dir=top))) for _ in range(rounds)]
+        installed = Path(tempfile.mkdtemp(dir=top))
+        subprocess.run([COMMAND[0], "status"], check=True, capture_output=True, cwd=installed, env=environment())
+        first = [run_once(installed, uncached=True) for _ in range(rounds)]
+        run_once(installed)
+        repeat = [run_once(installed) for _ in range(rounds)]
+    report("send --dry-run, fresh clone", fresh)
     report("send --dry-run, first run of a day", first)
     report("send --dry-run, repeat (cache hit)", repeat)
 
