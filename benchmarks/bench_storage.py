@@ -1,0 +1,374 @@
+"""Benchmark: storage past one machine (issue 13), on SQLite and on PostgreSQL, each figure beside its target.
+
+1. senders: `newsletter send --processes N` for N = 1, 2, 4 against Postfix's smtp-sink, SMALL
+   subscribers already on the list (the CSV synced beforehand), a fresh ledger each run: msg/s
+   end to end (planning included) and CPU per message (the senders, and for PostgreSQL the
+   database server too). Target: 2 processes at least 1.6x the rate of 1 on a 2-core machine.
+2. million: LARGE (default 1,000,000) subscribers through the library, one sender: the first
+   sync of the CSV into the list, planning the edition (send_day until its first message), then
+   sending a SAMPLE and stopping (the full send is extrapolated from the sample's rate and says
+   so); the rows not sent in the sample are then marked delivered so that the database holds a
+   whole edition; database size before the edition, with it, after `prune`, and after the next
+   edition's planning (the freed space reused: the state stays bounded).
+
+PostgreSQL runs on a throwaway server (tests/pgserver.py: initdb and pg_ctl into a temporary
+folder, 127.0.0.1, fsync off, as the tests run it). Needs `smtp-sink` (Debian: apt-get install
+postfix) and root (smtp-sink -u nobody; the PostgreSQL server runs as the `postgres` user).
+
+Run: nice .venv/bin/python benchmarks/bench_storage.py [SMALL [LARGE [SAMPLE]]] [senders] [million]
+     [sqlite] [postgresql]   (default: both parts, both backends, 20,000, 1,000,000 and 50,000)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.pgserver, for the throwaway PostgreSQL server
+
+from benchmarks.bench_engine import start_sink  # noqa: E402
+
+DAY = date(2026, 6, 25)
+CONNECTIONS = 4  # per sender process
+BACKENDS = ("sqlite", "postgresql")
+NEWSLETTER = Path(sys.executable).with_name("newsletter")
+
+
+def line(name: str, figure: str, limit: str, ok: bool | None) -> None:
+    mark = "INFO" if ok is None else "PASS" if ok else "MISS"
+    print(f"{mark}  {name:<46} {figure:<46} {limit}", flush=True)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children that ended (a PostgreSQL server and its backends)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def has_processes_option() -> bool:
+    """Whether `newsletter send --processes N` exists yet (issue 13, the senders' part)."""
+    out = subprocess.run([str(NEWSLETTER), "send", "--help"], capture_output=True, text=True).stdout
+    return "--processes" in out
+
+
+def has_postgres_backend() -> bool:
+    try:
+        import newsletter.storage.postgres  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- the database server -------------------------------------------------------------------
+
+
+class Postgres:
+    """A throwaway PostgreSQL server; each run gets a database copied from the template."""
+
+    def __init__(self, server) -> None:
+        import psycopg
+
+        self.server = server
+        self.psycopg = psycopg
+        with self.admin() as conn:
+            folder = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()[0]
+        self.pid = int(Path(folder, "postmaster.pid").read_text().split()[0])
+
+    @contextlib.contextmanager
+    def admin(self) -> Iterator[object]:
+        conn = self.psycopg.connect(self.server.url("postgres"), autocommit=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def create(self, name: str, template: str | None = None) -> str:
+        with self.admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+        return self.server.url(name)
+
+    def cpu(self) -> float:
+        return process_cpu(self.pid)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    from tests.pgserver import running_server
+
+    with running_server() as server:
+        yield Postgres(server)
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, count: int) -> Path:
+    with path.open("w", encoding="utf-8") as out:
+        out.write("email,name,timezone\n")
+        for i in range(count):
+            out.write(f"reader{i}@example.com,Reader {i},\n")
+    return path
+
+
+def write_config(folder: Path, csv: Path, port: int, url: str = "") -> Path:
+    config = folder / "newsletter.toml"
+    config.write_text(
+        f'[paths]\nsubscribers = "{csv}"\nstate = "{folder / "var"}"\npublic = "{folder / "public"}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconnections = {CONNECTIONS}\n'
+        f'[database]\nurl = "{url}"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def newsletter(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NEWSLETTER_SECRET": "bench-" * 8, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [str(NEWSLETTER), "--config", str(config), *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+# --- 1. senders ------------------------------------------------------------------------------
+
+
+def senders(backend: str, count: int, pg: Postgres | None, port: int) -> None:
+    """1, 2 and 4 sender processes on one edition, each run on a fresh ledger over the same synced list."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-storage-{backend}-"))
+    csv = write_csv(work / "subscribers.csv", count)
+    template = work / "template"
+    template.mkdir()
+    url = pg.create("bench_template") if pg else ""
+    config = write_config(template, csv, port, url)
+    synced = newsletter(config, "status")  # syncs the CSV into the list: the runs below plan and send only
+    if synced.returncode:
+        raise SystemExit(f"status failed: {synced.stderr.strip()}")
+    multi = has_processes_option()
+    figures: dict[int, dict[str, float]] = {}
+    for processes in (1, 2, 4) if multi else (1,):
+        run = work / f"run{processes}"
+        shutil.copytree(template, run)
+        run_url = pg.create(f"bench_run{processes}", "bench_template") if pg else ""
+        run_config = write_config(run, csv, port, run_url)
+        args = ["send", "--date", DAY.isoformat()] + (["--processes", str(processes)] if multi else [])
+        cpu0, server0, started = children_cpu(), pg.cpu() if pg else 0.0, time.perf_counter()
+        result = newsletter(run_config, *args)
+        elapsed = time.perf_counter() - started
+        if result.returncode:
+            raise SystemExit(f"send --processes {processes} failed: {result.stderr.strip()[-400:]}")
+        figures[processes] = {
+            "rate": count / elapsed,
+            "cpu_us": (children_cpu() - cpu0) / count * 1e6,
+            "server_us": ((pg.cpu() - server0) if pg else 0.0) / count * 1e6,
+        }
+        server = f" + database server {figures[processes]['server_us']:.0f} us" if pg else ""
+        print(
+            f"      {backend}, {processes} process{'es' if processes > 1 else ''}: {figures[processes]['rate']:.0f} msg/s,"
+            f" CPU per message: senders {figures[processes]['cpu_us']:.0f} us{server}",
+            flush=True,
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    one = figures[1]["rate"]
+    if not multi:
+        line(f"{backend}: 2 sender processes vs 1", "not measured: `send --processes` is not on main yet",
+             f"1 process {one:.0f} msg/s; target >= 1.6x", False)  # fmt: skip
+        return
+    for processes in (2, 4):
+        ratio = figures[processes]["rate"] / one
+        target = 1.6 if processes == 2 else None
+        line(
+            f"{backend}: {processes} sender processes, {count} to smtp-sink",
+            f"{figures[processes]['rate']:.0f} msg/s = {ratio:.2f}x of 1 process",
+            f"1 process {one:.0f} msg/s; " + ("target >= 1.6x" if target else "no target (2 cores)"),
+            ratio >= target if target else None,
+        )
+
+
+# --- 2. a million subscribers ----------------------------------------------------------------
+
+
+def million_child(config: str, count: int, sample: int) -> None:
+    """In its own process: sync, plan, send a sample, fill the edition, prune, plan the next one."""
+    from newsletter import retention, storage
+    from newsletter.config import load_settings
+    from newsletter.editions import edition_for, send_day
+    from newsletter.ledger import DatabaseLedger
+    from newsletter.render import render_edition
+    from newsletter.subscribers import Tally, iter_recipients, sync_csv
+
+    settings = load_settings(Path(config), env={"NEWSLETTER_SECRET": "bench-" * 8})
+    db = storage.connect(settings)
+    figures: dict[str, float] = {"empty": size(db, settings)}
+    started = time.perf_counter()
+    sync_csv(settings.paths.subscribers, db, Tally())
+    figures["sync_s"] = time.perf_counter() - started
+    figures["listed"] = size(db, settings)
+
+    stop = threading.Event()
+    marks: dict[str, float] = {}
+
+    class Sample:
+        sent = 0
+
+        def start(self, total: int) -> None:
+            marks["planned"] = time.perf_counter()
+
+        def update(self, count: int) -> None:
+            self.sent += count
+            if self.sent >= sample:
+                stop.set()
+
+        def close(self) -> None:
+            marks["stopped"] = time.perf_counter()
+
+    started = time.perf_counter()
+    result = send_day(settings, DAY, stop=stop, progress=Sample())
+    figures["plan_s"] = marks["planned"] - started
+    figures["sent"] = result.delivered
+    figures["send_rate"] = result.delivered / (marks["stopped"] - marks["planned"])
+
+    reply = db.execute("SELECT last_reply FROM deliveries WHERE status = 'delivered' LIMIT 1").fetchone()[0]
+    db.execute(  # the rest of the edition as if sent: a whole edition's rows, for the sizes below
+        "UPDATE deliveries SET status = 'delivered', attempts = 1, last_reply = ? WHERE day = ? AND status = 'pending'",
+        (reply, DAY.isoformat()),
+    )
+    figures["edition"] = size(db, settings)
+
+    started = time.perf_counter()
+    pruned = retention.prune(db, DAY + timedelta(days=settings.database.keep_days + 1), settings.database.keep_days)
+    figures["prune_s"] = time.perf_counter() - started
+    figures["folded"] = sum(f.recipients for f in pruned.folded)
+    if db.backend == "postgresql":
+        db.execute("VACUUM deliveries")  # what autovacuum does soon after: the dead rows' space is reusable
+    figures["pruned"] = size(db, settings)
+    figures["free"] = free_space(db)
+
+    later = DAY + timedelta(days=1)
+    rendered = render_edition(edition_for(later, settings, db), settings)
+    started = time.perf_counter()
+    planned = DatabaseLedger(db).plan(
+        later, iter_recipients(settings.paths.subscribers, db, Tally()), rendered.message_id_for
+    )
+    figures["plan2_s"] = time.perf_counter() - started
+    figures["planned2"] = planned
+    figures["next"] = size(db, settings)
+    db.close()
+    print(json.dumps(figures))
+
+
+def size(db, settings) -> float:
+    """The database's size on disk in bytes (SQLite: the file and its WAL)."""
+    if db.backend == "postgresql":
+        return float(db.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    from newsletter.storage import sqlite
+
+    path = sqlite.db_path(settings.paths.state)
+    wal = path.with_name(path.name + "-wal")
+    return float(path.stat().st_size + (wal.stat().st_size if wal.exists() else 0))
+
+
+def free_space(db) -> float:
+    """Space inside the database that new rows reuse (SQLite: free pages; PostgreSQL: not counted here)."""
+    if db.backend == "postgresql":
+        return 0.0
+    pages = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return float(pages * db.execute("PRAGMA page_size").fetchone()[0])
+
+
+def million(backend: str, count: int, sample: int, pg: Postgres | None, port: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-million-{backend}-"))
+    csv = write_csv(work / "subscribers.csv", count)
+    config = write_config(work, csv, port, pg.create("bench_million") if pg else "")
+    cpu0 = children_cpu()
+    output = subprocess.run(
+        [sys.executable, __file__, "--million", str(config), str(count), str(sample)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=False,
+    )  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+    if output.returncode:
+        raise SystemExit(f"{backend} million failed: {output.stderr.strip()[-600:]}")
+    f = json.loads(output.stdout.strip().splitlines()[-1])
+    mb = 1024 * 1024
+    full = count / f["send_rate"]
+    print(
+        f"      {backend}, {count} subscribers: first sync of the CSV into the list {f['sync_s']:.0f} s; "
+        f"child CPU {children_cpu() - cpu0:.0f} s",
+        flush=True,
+    )
+    line(f"{backend}: planning {count}", f"{f['plan_s']:.0f} s ({count / f['plan_s']:.0f} rows/s)",
+         f"sending them: {full:.0f} s (extrapolated); target <= 0.25 of it", f["plan_s"] <= 0.25 * full)  # fmt: skip
+    line(f"{backend}: sending {count} (a SAMPLE, extrapolated)",
+         f"{f['sent']:.0f} sent at {f['send_rate']:.0f} msg/s -> {full:.0f} s",
+         "issue 13's measurement before: 675 s on one core", None)  # fmt: skip
+    per_row = (f["edition"] - f["listed"]) / count
+    print(
+        f"      {backend} database: empty {f['empty'] / mb:.0f} MB, with the list {f['listed'] / mb:.0f} MB, with one "
+        f"edition {f['edition'] / mb:.0f} MB ({per_row:.0f} bytes a recipient row), after prune {f['pruned'] / mb:.0f} MB"
+        f" ({f['free'] / mb:.0f} MB of it free pages), after the next edition's planning {f['next'] / mb:.0f} MB",
+        flush=True,
+    )
+    line(f"{backend}: prune one edition of {count}", f"{f['prune_s']:.0f} s, {f['folded']:.0f} rows folded",
+         f"target: all {count} rows folded", f["folded"] == count)  # fmt: skip
+    growth, first = f["next"] - f["pruned"], f["edition"] - f["listed"]
+    line(f"{backend}: the next edition after prune", f"grows the database {growth / mb:.0f} MB",
+         f"the first grew it {first / mb:.0f} MB; target <= 0.2 of it (space reused)", growth <= 0.2 * first)  # fmt: skip
+    print(f"      planning the next edition ({f['planned2']:.0f} rows): {f['plan2_s']:.0f} s", flush=True)
+
+
+# --- the parent ------------------------------------------------------------------------------
+
+
+def main(small: int, large: int, sample: int, parts: set[str], backends: list[str]) -> None:
+    load = os.getloadavg()
+    print(
+        f"{os.cpu_count()} cores, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (a shared machine: compare "
+        "the ratios, each measured within this run); send --processes: "
+        f"{'yes' if has_processes_option() else 'not on main yet'}; "
+        f"PostgreSQL backend: {'yes' if has_postgres_backend() else 'not on main yet'}",
+        flush=True,
+    )
+    sink, port = start_sink()
+    try:
+        for backend in backends:
+            if backend == "postgresql" and not has_postgres_backend():
+                line("postgresql", "not measured: the PostgreSQL backend is not on main yet", "", False)
+                continue
+            with postgres_server() if backend == "postgresql" else contextlib.nullcontext() as pg:
+                if "senders" in parts:
+                    senders(backend, small, pg, port)
+                if "million" in parts:
+                    million(backend, large, sample, pg, port)
+    finally:
+        sink.terminate()
+        sink.wait()
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--million":
+        million_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        numbers = [int(a.replace("_", "")) for a in sys.argv[1:] if a.replace("_", "").isdigit()]
+        small, large, sample = (numbers + [20_000, 1_000_000, 50_000][len(numbers) :])[:3]
+        words = {a for a in sys.argv[1:] if not a.replace("_", "").isdigit()}
+        parts = (words & {"senders", "million"}) or {"senders", "million"}
+        backends = [b for b in BACKENDS if b in words] or list(BACKENDS)
+        main(small, large, sample, parts, backends)
