@@ -7,12 +7,9 @@ edition never changes once it was sent, published or previewed on record; every 
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -30,12 +27,12 @@ from newsletter.mail.wire import wire_data
 from newsletter.render import RenderedEdition, render_edition
 from newsletter.selection import Edition, select_edition
 from newsletter.sending.engine import SendResult, send_edition
-from newsletter.storage import Database, sqlite
+from newsletter.storage import Database
 from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients, sync_csv, with_public_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DryRun", "Progress", "SendResult", "dry_run", "edition_for", "edition_lock", "send_day", "send_test_copy"]
+__all__ = ["DryRun", "Progress", "SendResult", "dry_run", "edition_for", "send_day", "send_test_copy"]
 
 
 def edition_for(
@@ -61,34 +58,6 @@ def edition_for(
     if record and conn is not None:
         state.record_edition(conn, day, edition.event.id)
     return edition
-
-
-@contextmanager
-def edition_lock(state_dir: Path, day: date) -> Iterator[None]:
-    """Hold the lock of an edition: a second send of the same date exits with a clear message."""
-    folder = state_dir / "locks"
-    path = folder / f"send-{day.isoformat()}.lock"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a+")
-    except OSError as exc:
-        raise sqlite.storage_error(exc, path) from exc
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise DeliveryError(
-                f"another send of the {day.isoformat()} edition is running (pid {holder}); wait for it to finish"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()
 
 
 class Progress(Protocol):
@@ -127,11 +96,16 @@ def send_day(
     progress: Progress | None = None,
     now: datetime | None = None,
 ) -> SendResult:
-    """The real send of one edition: lock it, record it, render it, plan recipients, send."""
+    """The real send of one edition: record it, render it, plan recipients, send.
+
+    Any number of sends of one edition may run at once (processes, machines): each plans the
+    rows it finds missing and then helps, claiming rows with a lease; each returns when the
+    edition has nothing left to send by anyone.
+    """
     progress = progress or NoProgress()
     conn = storage.connect(settings)
     try:
-        with edition_lock(settings.paths.state, day), conn.guarded():
+        with conn.guarded():
             retention.refuse_folded(conn, day)
             if retry_failed and day not in state.recorded_editions(conn):
                 raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")

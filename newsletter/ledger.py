@@ -5,14 +5,21 @@ while the next message's envelope is on the wire, and always before that message
 content). Rows are 'pending' until a final outcome, so after a crash every row not yet
 'delivered' or 'bounced' is simply sent again; only messages in flight at the crash (at
 most one per connection) can be sent twice, and they carry the same Message-ID. The
-interface is small (plan, due, mark, counts) and its SQL runs on both storage backends
+interface is small (plan, claim, mark, counts) and its SQL runs on both storage backends
 (SQLite and PostgreSQL, see newsletter.storage).
+
+Several senders (threads of one run, processes, machines) share an edition through leases:
+``claim`` takes a batch of due rows for an owner until a moment (Unix time), ``renew``
+extends what the owner holds while it works, and recording an outcome clears the lease. A
+row whose lease ran out (its sender died, or ``release`` gave it back) is claimable again,
+so a crash can send twice only what that sender had in flight.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
@@ -46,14 +53,18 @@ class Ledger(Protocol):
     def errors(self) -> tuple[type[BaseException], ...]: ...
     def error(self, exc: BaseException) -> StorageError: ...
     def plan(self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str]) -> int: ...
-    def due(self, day: date, *, only_failed: bool = False) -> Iterator[Due]: ...
+    def claim(self, day: date, owner: str, *, now: float, until: float, limit: int,
+              after: str | None = None, only_failed: bool = False) -> list[Due]: ...  # fmt: skip
+    def holders(self, day: date, owner: str, now: float) -> list[str]: ...
+    def renew(self, day: date, owner: str, until: float) -> int: ...
+    def release(self, day: date, owner: str) -> None: ...
     def finished(self, day: date) -> frozenset[str]: ...
     def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None: ...
     def mark_retry(self, day: date, email: str, reply: str) -> None: ...
     def mark_failed(self, day: date, email: str, reply: str) -> None: ...
     def bounce(self, day: date, email: str, reply: str) -> None: ...
     def mark_unsendable(self, day: date, email: str, reason: str) -> None: ...
-    def unsent(self, day: date) -> int: ...
+    def unsent(self, day: date, now: float | None = None) -> int: ...
     def counts(self, day: date) -> dict[str, int]: ...
 
 
@@ -65,6 +76,36 @@ INSERT_DIGEST_ROWS = (
     "INSERT INTO deliveries (day, email, address, name, timezone, message_id, updated_at, "
     "kind, digest_from) VALUES (?, ?, ?, ?, ?, ?, ?, 'digest', ?) ON CONFLICT DO NOTHING"
 )
+
+# A claim: the next due rows of the edition with no live lease, taken for an owner in one statement
+# (inside a write transaction; PostgreSQL skips the rows another claim has locked). ``{where}`` is
+# "d.email > ?" (the sender's first pass, walking the primary key) or "d.lease_owner != ''" (rows
+# whose sender died or gave them back). RETURNING carries the reader's public id for the links.
+CLAIM_ROWS = (
+    "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE day = ? AND email IN ("
+    "SELECT d.email FROM deliveries d WHERE d.day = ? AND d.status IN ({statuses}) AND {scope} AND {where} "
+    "AND d.lease_until < ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
+    "ORDER BY d.email LIMIT ?{lock}) "
+    "RETURNING email, address, name, timezone, attempts, message_id, "
+    "(SELECT u.public_id FROM subscribers u WHERE u.email = deliveries.email)"
+)
+CLAIM_SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"  # PostgreSQL: rows another claim holds are skipped, not waited for
+LEASE_HOLDERS = (
+    "SELECT DISTINCT d.lease_owner FROM deliveries d WHERE d.day = ? AND d.lease_owner != '' AND d.lease_owner != ? "
+    "AND d.lease_until >= ? AND d.status IN ('pending', 'failed') AND {scope}"
+)
+RENEW_LEASES = (
+    "UPDATE deliveries SET lease_until = ? WHERE day = ? AND lease_owner != '' AND lease_owner = ? AND lease_until > 0"
+)
+RELEASE_LEASES = "UPDATE deliveries SET lease_until = 0 WHERE day = ? AND lease_owner != '' AND lease_owner = ?"
+RECORD_OUTCOME = (
+    "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ?, "
+    "lease_owner = '', lease_until = 0 WHERE day = ? AND email = ?"
+)  # a final outcome (or 'failed', for a later run) gives the row up
+RECORD_RETRY = (
+    "UPDATE deliveries SET status = 'pending', last_reply = ?, attempts = attempts + 1, updated_at = ? "
+    "WHERE day = ? AND email = ?"
+)  # the row stays this sender's (its lease held) until the retry is done
 
 
 class DatabaseLedger:
@@ -126,27 +167,56 @@ class DatabaseLedger:
         with self._lock, self.conn.transaction():
             return self.conn.executemany(statement, rows)
 
-    def due(self, day: date, *, only_failed: bool = False, chunk: int = 1000) -> Iterator[Due]:
-        """Stream the rows still to send (pending and failed, or only failed), in chunks, oldest first."""
+    def claim(
+        self,
+        day: date,
+        owner: str,
+        *,
+        now: float,
+        until: float,
+        limit: int,
+        after: str | None = None,
+        only_failed: bool = False,
+    ) -> list[Due]:
+        """Lease up to ``limit`` due rows to ``owner`` until ``until``, in key order; return them.
+
+        ``after`` (a lower-case address, '' to start) walks the rows not yet leased past that
+        key; None takes rows whose lease ran out (a dead sender's, or given back by ``release``).
+        """
         statuses = ("failed",) if only_failed else ("pending", "failed")
-        marks = ",".join("?" * len(statuses))
         scope, scoped = self._scope()
-        last, rowid = 0, self.conn.rowid
-        while True:
-            with self._lock:
-                rows = self.conn.execute(
-                    f"SELECT d.{rowid}, d.address, d.name, d.timezone, d.attempts, d.message_id, "
-                    "COALESCE(u.public_id, '') FROM deliveries d LEFT JOIN subscribers u ON u.email = d.email "
-                    f"WHERE d.day = ? AND d.status IN ({marks}) AND {scope} AND d.{rowid} > ? "
-                    "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
-                    f"ORDER BY d.{rowid} LIMIT ?",
-                    (day.isoformat(), *statuses, *scoped, last, chunk),
-                ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                yield Due(row[0], Subscriber(row[1], row[2], row[3], public_id=row[6]), row[4], row[5] or "")
-            last = rows[-1][0]
+        where, cursor = ("d.email > ?", (after,)) if after is not None else ("d.lease_owner != ''", ())
+        sql = CLAIM_ROWS.format(
+            statuses=",".join("?" * len(statuses)), scope=scope, where=where, lock=self._skip_locked()
+        )
+        params = (owner, until, day.isoformat(), day.isoformat(), *statuses, *scoped, *cursor, now, limit)
+        with self._lock, self.conn.transaction():
+            rows = self.conn.execute(sql, params).fetchall()
+        rows.sort(key=lambda row: row[0])
+        return [
+            Due(0, Subscriber(row[1], row[2], row[3], public_id=row[6] or ""), row[4], row[5] or "") for row in rows
+        ]
+
+    def _skip_locked(self) -> str:
+        """What a claim's SELECT adds so that concurrent claims skip each other's rows (SQLite's write lock serializes them)."""
+        return CLAIM_SKIP_LOCKED if self.conn.backend == "postgresql" else ""
+
+    def holders(self, day: date, owner: str, now: float) -> list[str]:
+        """The other senders that hold a live lease on rows of this edition still to send."""
+        scope, scoped = self._scope()
+        with self._lock:
+            rows = self.conn.execute(LEASE_HOLDERS.format(scope=scope), (day.isoformat(), owner, now, *scoped))
+            return sorted(row[0] for row in rows)
+
+    def renew(self, day: date, owner: str, until: float) -> int:
+        """Extend the lease of every row the owner still holds (its heartbeat); return how many."""
+        with self._lock:
+            return self.conn.execute(RENEW_LEASES, (until, day.isoformat(), owner)).rowcount
+
+    def release(self, day: date, owner: str) -> None:
+        """Give back the rows the owner still holds (the run stops): any sender may claim them at once."""
+        with self._lock:
+            self.conn.execute(RELEASE_LEASES, (day.isoformat(), owner))
 
     def finished(self, day: date) -> frozenset[str]:
         """Return the addresses (lower case) that already have a final outcome for the edition."""
@@ -162,18 +232,16 @@ class DatabaseLedger:
             self._write(day, email, status, reply)
 
     def _write(self, day: date, email: str, status: str, reply: str) -> None:
-        self.conn.execute(
-            "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
-            (status, reply[:500], utcnow_text(), day.isoformat(), email.lower()),
-        )
+        self.conn.execute(RECORD_OUTCOME, (status, reply[:500], utcnow_text(), day.isoformat(), email.lower()))
 
     def mark_delivered(self, day: date, email: str, reply: str) -> None:
         """Record that the server accepted the message (250): final."""
         self._update(day, email, "delivered", reply)
 
     def mark_retry(self, day: date, email: str, reply: str) -> None:
-        """Record a temporary failure that will be retried in this run."""
-        self._update(day, email, "pending", reply)
+        """Record a temporary failure that will be retried in this run (the sender keeps its lease)."""
+        with self._lock:
+            self.conn.execute(RECORD_RETRY, (reply[:500], utcnow_text(), day.isoformat(), email.lower()))
 
     def mark_failed(self, day: date, email: str, reply: str) -> None:
         """Record a temporary failure that exhausted its attempts (send --retry-failed tries again)."""
@@ -186,10 +254,7 @@ class DatabaseLedger:
         now, when = utcnow_text(), day.isoformat()
         rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
         with self._lock, self.conn.transaction():
-            self.conn.executemany(
-                "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ? WHERE day = ? AND email = ?",
-                rows,
-            )
+            self.conn.executemany(RECORD_OUTCOME, rows)
 
     def bounce(self, day: date, email: str, reply: str) -> None:
         """Record a permanent rejection and suppress the address, in one transaction."""
@@ -201,7 +266,8 @@ class DatabaseLedger:
         """Record an address this server cannot take (never sent, not suppressed): final, with the reason."""
         with self._lock:
             self.conn.execute(
-                "UPDATE deliveries SET status = 'skipped', last_reply = ?, updated_at = ? WHERE day = ? AND email = ?",
+                "UPDATE deliveries SET status = 'skipped', last_reply = ?, updated_at = ?, lease_owner = '', "
+                "lease_until = 0 WHERE day = ? AND email = ?",
                 (reason[:500], utcnow_text(), day.isoformat(), email.lower()),
             )
 
@@ -209,14 +275,14 @@ class DatabaseLedger:
         """Record a permanent rejection (5xx): final, never retried."""
         self._update(day, email, "bounced", reply)
 
-    def unsent(self, day: date) -> int:
-        """Count the rows still pending (suppressed addresses aside, which are never sent)."""
+    def unsent(self, day: date, now: float | None = None) -> int:
+        """Count the rows still pending that no live sender holds (suppressed addresses aside, never sent)."""
         scope, scoped = self._scope()
         with self._lock:
             row = self.conn.execute(
                 f"SELECT COUNT(*) FROM deliveries d WHERE day = ? AND status = 'pending' AND {scope} "
-                "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email)",
-                (day.isoformat(), *scoped),
+                "AND lease_until < ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email)",
+                (day.isoformat(), *scoped, time.time() if now is None else now),
             ).fetchone()
         return int(row[0])
 

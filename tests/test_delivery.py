@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from newsletter import state, storage
-from newsletter.editions import dry_run, edition_lock, send_day, send_test_copy
+from newsletter.editions import dry_run, send_day, send_test_copy
 from newsletter.errors import DeliveryError
 from newsletter.events import load_events
 from newsletter.ledger import DatabaseLedger
@@ -172,14 +172,20 @@ def test_throttle_hourly_cap_blocks_until_the_hour_has_passed():
     assert throttle.wait(stop) is False
 
 
-def test_two_sends_of_one_edition_cannot_run_at_once(smtp_server, make_sender):
-    settings = make_sender(smtp_server, count=1)
-    with (
-        edition_lock(settings.paths.state, DAY),
-        pytest.raises(DeliveryError, match="another send of the 2026-06-24 edition is running"),
-    ):
-        send_day(settings, DAY)
-    assert send_day(settings, DAY).delivered == 1  # the lock is released
+def test_two_sends_of_one_edition_at_once_share_it_and_mail_everyone_once(smtp_server, make_sender):
+    smtp_server.handler.delay = 0.005
+    settings = make_sender(smtp_server, count=80, smtp="connections = 2\n")
+    results = []
+    senders = [threading.Thread(target=lambda: results.append(send_day(settings, DAY))) for _ in range(2)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(timeout=60)
+    assert len(results) == 2, "neither send refuses: the second one helps"
+    received = smtp_server.handler.recipients()
+    assert sorted(received) == sorted(f"reader{i}@example.com" for i in range(80))
+    assert sum(r.delivered for r in results) == 80
+    assert {row["status"] for row in ledger_rows(settings).values()} == {"delivered"}
 
 
 def test_dry_run_counts_and_changes_nothing(smtp_server, make_sender, tmp_path):

@@ -19,10 +19,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import random
+import secrets
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 RELAY_FAILURES = 3  # failed attempts to open a connection, in a row over all connections, before giving up ...
 RELAY_PATIENCE = 10.0  # ... once they span this many seconds (or smtp.timeout if shorter)
 RECONNECT_CAP = 8.0  # longest wait of one connection before it tries to reopen
+CLAIM_PER_CONNECTION = 16  # rows a sender leases at a time, per connection: what a crash leaves waiting for the lease
 
 
 @dataclass
@@ -91,34 +96,133 @@ class Work:
     taken: bool = False  # handed to a connection and not yet done or put back
 
 
-class WorkQueue:
-    """The due rows, then retries at their not-before time, handed one at a time to whichever connection is free."""
+class Claims:
+    """This sender's share of an edition: batches of due rows leased from the ledger, renewed while held.
 
-    def __init__(self, rows: Iterator[Due], stop: threading.Event, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rows, self.stop, self.clock = rows, stop, clock
+    The first pass walks the edition's rows in key order, taking those no other sender holds;
+    then it takes the rows whose lease ran out (a sender that died, or stopped and gave them
+    back). While another sender still holds rows of the edition, ``next_batch`` returns an
+    empty batch (ask again later): a dead sender's rows are taken over once its lease ends.
+    None means the edition has nothing left to send by anyone.
+    """
+
+    def __init__(
+        self, ledger: Ledger, day: date, *, lease: float, batch: int, only_failed: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.ledger, self.day, self.lease, self.batch = ledger, day, lease, batch
+        self.only_failed, self.clock = only_failed, clock
+        self.owner = owner_id()
+        self.after: str | None = ""  # the first pass's position (a lower-case address); None once it is done
+
+    def next_batch(self) -> list[Due] | None:
+        """Claim the next rows for this sender: a batch, [] to ask again later, or None when all is done."""
+        now = self.clock()
+        if self.after is not None:
+            rows = self._claim(now, self.after)
+            if rows:
+                self.after = rows[-1].subscriber.key
+                return rows
+            self.after = None
+        rows = self._claim(now, None)
+        if rows:
+            return rows
+        holders = self.ledger.holders(self.day, self.owner, now)
+        gone = [holder for holder in holders if not alive(holder)]
+        for holder in gone:  # a sender of this machine that was killed: its rows need not wait for the lease
+            log.info("taking over the rows of %s (that process is gone)", holder)
+            self.ledger.release(self.day, holder)
+        if gone:
+            return self._claim(now, None)
+        return [] if holders else None
+
+    def _claim(self, now: float, after: str | None) -> list[Due]:
+        return self.ledger.claim(
+            self.day, self.owner, now=now, until=now + self.lease, limit=self.batch, after=after,
+            only_failed=self.only_failed,
+        )  # fmt: skip
+
+    def renew(self) -> None:
+        """Extend the lease of what this sender holds (the heartbeat)."""
+        self.ledger.renew(self.day, self.owner, self.clock() + self.lease)
+
+    def release(self) -> None:
+        """Give back what this sender still holds: the run stops, another sender may take it at once."""
+        self.ledger.release(self.day, self.owner)
+
+
+def owner_id() -> str:
+    """A sender's name in the ledger's leases: this machine, this process, and a random part for the run."""
+    return f"{machine()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def machine() -> str:
+    """This machine as leases name it: the host name and (on Linux) the process-id namespace, where pids mean something."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace}"
+
+
+def alive(owner: str) -> bool:
+    """False only for a sender of this machine whose process is gone; a sender elsewhere counts as alive."""
+    host, _, rest = owner.rpartition(":")[0].rpartition(":")
+    if host != machine() or not rest.isdigit():
+        return True
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user has that id: alive
+        return True
+    return True
+
+
+class WorkQueue:
+    """The claimed rows, then retries at their not-before time, handed one at a time to whichever connection is free."""
+
+    def __init__(
+        self,
+        claims: Callable[[], list[Due] | None],
+        stop: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+        poll: float = 1.0,
+    ) -> None:
+        self.claims, self.stop, self.clock, self.poll = claims, stop, clock, poll
+        self.rows: deque[Due] = deque()
         self.retries: list[tuple[float, int, Work]] = []
         self.order = itertools.count()
         self.in_hand = 0  # items taken and not yet done: they may come back as retries
         self.exhausted = False
+        self.next_claim = 0.0  # when to ask the ledger again after it had nothing for now
         self.cond = threading.Condition()
 
     def take(self) -> Work | None:
-        """The next recipient to send, waiting for a retry's time if need be; None when all is done or on stop."""
+        """The next recipient to send, waiting for a retry's time (or another sender) if need be; None when all is done or on stop."""
         with self.cond:
             while not self.stop.is_set():
                 if self.retries and self.retries[0][0] <= self.clock():
                     return self._hand(heapq.heappop(self.retries)[2])
-                if not self.exhausted:
-                    due = next(self.rows, None)
-                    if due is not None:
-                        return self._hand(Work(due))
-                    self.exhausted = True
-                if not self.retries and self.in_hand == 0:
+                if not self.rows and not self.exhausted and self.clock() >= self.next_claim:
+                    self._refill()
+                if self.rows:
+                    return self._hand(Work(self.rows.popleft()))
+                if self.exhausted and not self.retries and self.in_hand == 0:
                     self.cond.notify_all()
                     return None
                 wait = self.retries[0][0] - self.clock() if self.retries else 0.25
                 self.cond.wait(min(max(wait, 0.0), 0.25))
             return None
+
+    def _refill(self) -> None:
+        batch = self.claims()
+        if batch is None:
+            self.exhausted = True
+        elif batch:
+            self.rows.extend(batch)
+        else:  # another sender holds the rest: look again shortly (its lease may run out)
+            self.next_claim = self.clock() + self.poll
 
     def _hand(self, work: Work) -> Work:
         self.in_hand += 1
@@ -281,9 +385,13 @@ def send_edition(
     day = rendered.edition.day
     result = result or SendResult(day)
     stop = stop or threading.Event()
+    lease = settings.database.lease_seconds
+    claims = Claims(
+        ledger, day, lease=lease, batch=CLAIM_PER_CONNECTION * settings.smtp.connections, only_failed=only_failed
+    )
     run = Run(
         settings, rendered, ledger,
-        WorkQueue(ledger.due(day, only_failed=only_failed), stop),
+        WorkQueue(claims.next_batch, stop, poll=min(1.0, lease / 5)),
         Relay(settings),
         Throttle(settings.smtp.rate_limit, settings.smtp.max_per_hour),
         Acceptances(ledger, day),
@@ -293,11 +401,19 @@ def send_edition(
         threading.Thread(target=_worker, args=(run,), name=f"smtp-{i}", daemon=True)
         for i in range(settings.smtp.connections)
     ]
+    done = threading.Event()
+    heartbeat = threading.Thread(target=_heartbeat, args=(claims, lease / 3, done), name="lease", daemon=True)
     started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    heartbeat.start()
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        done.set()
+        heartbeat.join()
+        _release(run, claims)
     result.duration = time.perf_counter() - started
     result.interrupted = stop.is_set() and run.abort is None
     if run.abort:
@@ -306,6 +422,23 @@ def send_edition(
             raise RelayDown(f"{run.abort}; {left}: the next run tries again")
         raise DeliveryError(f"{run.abort}; {left} (re-run send)")
     return result
+
+
+def _heartbeat(claims: Claims, every: float, done: threading.Event) -> None:
+    """Renew this sender's leases every ``every`` seconds until the run is over."""
+    while not done.wait(every):
+        try:
+            claims.renew()
+        except claims.ledger.errors as exc:  # the next renewal may succeed; recording would fail and stop the run
+            log.warning("cannot renew the leases of %s: %s", claims.owner, exc)
+
+
+def _release(run: Run, claims: Claims) -> None:
+    """Give back the rows not sent (the run stopped early); a failure only leaves them until the lease ends."""
+    try:
+        claims.release()
+    except claims.ledger.errors as exc:
+        log.debug("cannot give back the rows of %s (they return when the lease ends): %s", claims.owner, exc)
 
 
 def _worker(run: Run) -> None:

@@ -202,6 +202,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0080-leases",
+        """
+        -- senders share an edition: each claims due rows with a lease (owner, until: Unix time) and renews
+        -- it while it works, recording an outcome clears it, and a row whose lease ran out returns to the pool
+        ALTER TABLE deliveries ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+        ALTER TABLE deliveries ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
+        CREATE INDEX deliveries_leased ON deliveries (day, lease_owner, lease_until) WHERE lease_owner != '';
+        """,
+    ),
 ]
 
 

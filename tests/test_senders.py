@@ -1,0 +1,103 @@
+"""Many senders sharing one edition: leases in the ledger, no edition lock, the same exactly-once promise.
+
+Senders are threads of one run, `newsletter send` processes, and daemons; each claims
+batches of due rows with a lease, renews it while it works, and clears it with the outcome.
+The server on 127.0.0.1 counts messages per recipient: everyone once, and after a crash
+at most the dead sender's connections twice.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from newsletter import storage
+from newsletter.editions import send_day
+from newsletter.ledger import DatabaseLedger
+from newsletter.subscribers import Subscriber
+from tests import test_delivery
+from tests.test_delivery import DAY, ledger_rows
+
+make_sender = test_delivery.make_sender  # the fixture: settings that send to a given server
+
+READERS = [f"reader{i}@example.com" for i in range(200)]
+
+
+def planned_ledger(settings, count: int) -> DatabaseLedger:
+    """A ledger with ``count`` pending rows of DAY."""
+    ledger = DatabaseLedger(storage.connect(settings))
+    ledger.plan(DAY, (Subscriber(f"reader{i}@example.com") for i in range(count)), lambda s: f"<{s.key}>")
+    return ledger
+
+
+def claimed(ledger, owner, now, after="", limit=10):
+    return [due.subscriber.key for due in ledger.claim(DAY, owner, now=now, until=now + 60, limit=limit, after=after)]
+
+
+# The ledger's leases.
+
+
+def test_two_senders_claim_disjoint_batches_and_a_live_lease_is_never_taken(smtp_server, make_sender):
+    ledger = planned_ledger(make_sender(smtp_server), 30)
+    first = claimed(ledger, "a", 1000.0, limit=10)
+    second = claimed(ledger, "b", 1000.0, limit=10)
+    assert len(first) == len(second) == 10 and not set(first) & set(second)
+    assert claimed(ledger, "c", 1059.0, after=None) == [], "no lease has run out: nothing to take over"
+    assert ledger.holders(DAY, "c", 1059.0) == ["a", "b"]
+
+
+def test_an_expired_lease_returns_the_rows_to_the_pool_and_a_renewed_one_does_not(smtp_server, make_sender):
+    ledger = planned_ledger(make_sender(smtp_server), 20)
+    mine = claimed(ledger, "a", 1000.0, limit=5)
+    kept = claimed(ledger, "b", 1000.0, limit=5)
+    ledger.renew(DAY, "b", 1200.0)  # b's heartbeat; a stopped beating (it died)
+    assert sorted(claimed(ledger, "c", 1100.0, after=None)) == sorted(mine)
+    assert claimed(ledger, "d", 1100.0, after=None) == []
+    assert set(kept).isdisjoint(claimed(ledger, "d", 1100.0, limit=20))
+
+
+def test_an_outcome_clears_the_lease_and_a_retry_keeps_it(smtp_server, make_sender):
+    ledger = planned_ledger(make_sender(smtp_server), 3)
+    rows = claimed(ledger, "a", 1000.0)
+    ledger.mark_delivered_many(DAY, [(rows[0], "250 ok")])
+    ledger.mark_retry(DAY, rows[1], "451 later")
+    ledger.mark_failed(DAY, rows[2], "451 still later")
+    leases = dict(((email, (owner, status)) for email, owner, status in ledger.conn.execute(
+        "SELECT email, lease_owner, status FROM deliveries"
+    )))  # fmt: skip
+    assert leases == {rows[0]: ("", "delivered"), rows[1]: ("a", "pending"), rows[2]: ("", "failed")}
+
+
+# Sends of one edition at once.
+
+
+def test_a_row_held_by_a_sender_on_another_machine_is_sent_once_its_lease_runs_out(smtp_server, make_sender):
+    settings = make_sender(smtp_server, count=6)
+    ledger = planned_ledger(settings, 6)
+    taken = claimed(ledger, "elsewhere/1:4242:dead", time.time() - 58, limit=2)  # its lease ends in 2 s
+    result = send_day(settings, DAY)
+    assert result.delivered == 6 and result.complete
+    assert Counter(smtp_server.handler.recipients()) == Counter({f"reader{i}@example.com": 1 for i in range(6)})
+    assert all(ledger_rows(settings)[email]["status"] == "delivered" for email in taken)
+
+
+def start_send(tmp_path, *args: str) -> subprocess.Popen:
+    """A `newsletter send` process on the test's configuration."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_SECRET"] = "s"
+    command = [sys.executable, "-m", "newsletter", "--config", str(tmp_path / "newsletter.toml"), "send", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_send_processes_on_one_sqlite_state_deliver_everyone_exactly_once(smtp_server, make_sender, tmp_path):
+    smtp_server.handler.delay = 0.002
+    make_sender(smtp_server, count=len(READERS), smtp="connections = 2\n")
+    senders = [start_send(tmp_path, "--date", DAY.isoformat()) for _ in range(2)]
+    outputs = [sender.communicate(timeout=120) for sender in senders]
+    assert [sender.returncode for sender in senders] == [0, 0], outputs
+    assert Counter(smtp_server.handler.recipients()) == Counter(dict.fromkeys(READERS, 1))
+    delivered = [int(out.split("delivered ")[1].split(",")[0]) for out, _ in outputs]
+    assert sum(delivered) == len(READERS), outputs
+    assert "another send" not in "".join(err for _, err in outputs)
+
