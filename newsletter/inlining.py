@@ -10,6 +10,12 @@ edition, in any process (the daily job after a dry run or a preview), reads thos
 and never imports premailer. A changed template, event file or setting changes the HTML and
 so the key: a stale entry can never be read, only left to be pruned.
 
+A new edition (the first run of a day) still runs premailer, but not cssutils' parse of our
+own stylesheet: ``styles.json`` beside the entries keeps what premailer derived from it
+(its rules, and the declaration lists it parsed with cssutils), under the same code stamp,
+and hands them back to premailer's own caches before it runs, so it parses only CSS it has
+not seen before.
+
 The cache is a convenience, never state: it is written only into a state folder that exists
 already (a dry run on a fresh install creates nothing), atomically, and any problem reading
 or writing it (a read-only folder, a damaged file) falls back to inlining.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -27,11 +34,14 @@ import tempfile
 import types
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = Path("cache") / "inline"  # under paths.state
 CACHE_KEEP = 64  # entries kept; the oldest go when a new one is written
+STYLES_FILE = "styles.json"  # in the cache folder: premailer's parse of our stylesheets
+STYLES_LIMIT = 2000  # declaration lists kept; past it the file starts afresh
 LIBRARIES = ("premailer", "cssutils", "cssselect", "lxml")  # whose versions can change the output
 
 
@@ -43,16 +53,20 @@ def inline(html: str, templates: Path, state_dir: Path | None = None) -> str:
     folder = state_dir / CACHE_FOLDER if state_dir is not None else None
     if folder is not None and (cached := read_cached(folder, key)) is not None:
         return cached
-    inlined = premailer_inline(html, css, media)
-    if folder is not None and state_dir is not None and state_dir.is_dir():
+    writable = folder is not None and state_dir is not None and state_dir.is_dir()
+    styles = Styles.load(folder / STYLES_FILE) if folder is not None else Styles()
+    inlined = premailer_inline(html, css, media, styles)
+    if writable and folder is not None:
         write_cached(folder, key, inlined)
+        styles.save(folder / STYLES_FILE)
     return inlined
 
 
-def premailer_inline(html: str, css: str, media: str) -> str:
+def premailer_inline(html: str, css: str, media: str, styles: Styles | None = None) -> str:
     """Inline ``css`` with premailer (offline); keep the @media rules of ``media`` in a <style> block."""
-    premailer = import_premailer()
-    inliner = premailer.Premailer(
+    styles = styles or Styles()
+    inliner = _inliner_class()(
+        styles,
         html,
         css_text=css,
         allow_network=False,
@@ -64,8 +78,120 @@ def premailer_inline(html: str, css: str, media: str) -> str:
         cssutils_logging_level=logging.CRITICAL,
         disable_link_rewrites=True,
     )
+    styles.lend()
     inlined = inliner.transform(pretty_print=False)
+    styles.collect()
     return inlined.replace("</head>", f'<style type="text/css">\n{media}</style>\n</head>', 1)
+
+
+@cache
+def _inliner_class() -> type:
+    """premailer's Premailer, taking the rules of a stylesheet it has parsed before from ``Styles``."""
+    premailer = import_premailer()
+
+    class Inliner(premailer.Premailer):  # type: ignore[misc,name-defined]
+        def __init__(self, styles: Styles, html: str, **options: object) -> None:
+            super().__init__(html, **options)
+            self.styles = styles
+
+        def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list, list]:
+            known = self.styles.rules.get(f"{ruleset_index}:{_sha(css_body)}")
+            if known is not None:
+                return [(tuple(sp), sel, bulk) for sp, sel, bulk in known[0]], [tuple(x) for x in known[1]]
+            rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
+            if all(isinstance(x, tuple) for x in leftover):  # @media rules are cssutils objects: not kept
+                self.styles.rules[f"{ruleset_index}:{_sha(css_body)}"] = (rules, leftover)
+                self.styles.changed = True
+            return rules, leftover
+
+    return Inliner
+
+
+class Styles:
+    """What premailer derived from our CSS with cssutils: rules per stylesheet, declaration lists per text.
+
+    The declaration lists are premailer's ``csstext_to_pairs`` results; they are lent to its
+    own memo (a cachetools cache, through the decorator's ``cache`` and ``cache_key``) before
+    a run and collected from it after, so premailer itself decides when it needs one.
+    """
+
+    def __init__(self, rules: dict | None = None, pairs: dict | None = None) -> None:
+        self.rules: dict[str, tuple[list, list]] = rules or {}
+        self.pairs: dict[tuple[str, bool | None], list[tuple[str, str]]] = pairs or {}
+        self.changed = False
+
+    @classmethod
+    def load(cls, path: Path) -> Styles:
+        """Read the file when it was written by this code and these library versions, else start empty."""
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict) or data.get("stamp") != _sha(_code_stamp()):
+            return cls()
+        try:
+            pairs = {(text, validate): [tuple(p) for p in value] for text, validate, value in data["pairs"]}
+            return cls(dict(data["rules"]), pairs)
+        except (KeyError, TypeError, ValueError):
+            return cls()
+
+    def save(self, path: Path) -> None:
+        """Write the file atomically when this run learnt something; give up quietly on any error."""
+        if not self.changed:
+            return
+        if len(self.pairs) > STYLES_LIMIT:
+            self.pairs = {}
+        pairs = [[text, validate, value] for (text, validate), value in self.pairs.items()]
+        data = json.dumps({"stamp": _sha(_code_stamp()), "rules": self.rules, "pairs": pairs})
+        try:
+            _write_atomically(path, data.encode("utf-8"))
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
+
+    def lend(self) -> None:
+        """Put the known declaration lists into premailer's memo."""
+        memo = _pairs_memo()
+        if memo is None:
+            return
+        with memo.cache_lock:
+            for (text, validate), value in self.pairs.items():
+                key = memo.cache_key(text) if validate is None else memo.cache_key(text, validate=validate)
+                memo.cache[key] = value
+
+    def collect(self) -> None:
+        """Take the declaration lists premailer parsed in this run from its memo."""
+        memo = _pairs_memo()
+        if memo is None:
+            return
+        with memo.cache_lock:
+            items = list(memo.cache.items())
+        for key, value in items:
+            text = key[0] if isinstance(key, tuple) and key and isinstance(key[0], str) else None
+            if text is None or not _is_pairs(value):
+                continue  # the memo is shared with premailer's parsed sheets and selectors
+            for validate in (None, False, True):
+                probe = memo.cache_key(text) if validate is None else memo.cache_key(text, validate=validate)
+                if probe == key and (text, validate) not in self.pairs:
+                    self.pairs[(text, validate)] = value
+                    self.changed = True
+
+
+def _pairs_memo() -> Any:
+    """premailer's memoized ``csstext_to_pairs``, if it still is a cachetools wrapper."""
+    from premailer import merge_style
+
+    memo = merge_style.csstext_to_pairs
+    return memo if all(hasattr(memo, a) for a in ("cache", "cache_key", "cache_lock")) else None
+
+
+def _is_pairs(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value
+    )
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def cache_key(html: str, css: str, media: str) -> str:
@@ -114,18 +240,23 @@ def write_cached(folder: Path, key: str, inlined: str) -> None:
     """Store the inlined HTML atomically (temporary file, then rename); give up quietly on any error."""
     body = inlined.encode("utf-8")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body)
-            os.replace(temporary, folder / f"{key}.html")
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        _write_atomically(folder / f"{key}.html", hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body)
         prune(folder, CACHE_KEEP)
     except OSError as exc:
         log.debug("cannot write the inline cache in %s: %s", folder, exc)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -27,7 +27,7 @@ from urllib.parse import quote, urljoin
 import jinja2
 from markdown_it import MarkdownIt
 
-from newsletter import inlining, signing, tokens
+from newsletter import inlining, tokens
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.events import Event
@@ -298,10 +298,10 @@ def _rendered(
     template = _message_template(settings, subject, html, text, now)
     pieces = _PLACEHOLDER.split(template)
     segments, slots = tuple(pieces[0::2]), tuple(pieces[1::2])
-    sign = signing.signer(settings)
+    sign, body_hash = _dkim(settings, segments, slots)
     rendered = RenderedEdition(
         edition=edition, subject=subject, html="", text="", settings=settings, secret=secret,
-        segments=segments, slots=slots, sign=sign, body_hash=signing.body_hasher(segments, slots) if sign else None,
+        segments=segments, slots=slots, sign=sign, body_hash=body_hash,
         list_id=list_id(settings), unsubscribe_base=unsubscribe_base(settings),
         preferences_base=preferences_base(settings), kind=kind,
     )  # fmt: skip
@@ -311,6 +311,18 @@ def _rendered(
     if len(html_out.encode()) > HTML_LIMIT:
         log.warning("the HTML of %s is %d bytes: Gmail clips above %d", edition.day, len(html_out.encode()), HTML_LIMIT)
     return RenderedEdition(**{**rendered.__dict__, "html": html_out, "text": text_out})
+
+
+def _dkim(
+    settings: Settings, segments: tuple[bytes, ...], slots: tuple[bytes, ...]
+) -> tuple[Callable[..., bytes] | None, Callable[[dict[bytes, bytes]], bytes | None] | None]:
+    """The DKIM signer and body hasher when [dkim] is set; cryptography is imported only then (~20 ms)."""
+    if not settings.dkim_enabled:
+        return None, None
+    from newsletter import signing
+
+    sign = signing.signer(settings)
+    return sign, signing.body_hasher(segments, slots) if sign else None
 
 
 def _fill(data: bytes, values: dict[bytes, bytes]) -> bytes:

@@ -132,3 +132,41 @@ def test_a_repeat_run_in_a_new_process_does_not_load_premailer(cached_settings, 
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert result.stdout.strip() == "[]"
+
+
+def other_day(settings, day):
+    return render_edition(select_edition(day, load_events(settings.paths.events)), settings, now=NOW)
+
+
+def forget_premailers_memo():
+    """What a new process starts with: premailer's in-memory caches empty."""
+    from premailer.cache import cache
+
+    cache.clear()
+
+
+def test_a_new_edition_reuses_the_parse_of_our_stylesheet(cached_settings, make_settings, event_folder, templates,
+                                                           tmp_path, monkeypatch):  # fmt: skip
+    reference = other_day(make_settings(events=event_folder, templates=templates, state=tmp_path / "absent"),
+                          date(2026, 6, 25))  # fmt: skip
+    settings = make_settings(events=event_folder, templates=templates, state=tmp_path / "var")
+    render(settings)  # June 24 teaches styles.json our stylesheet
+    assert (settings.paths.state / inlining.CACHE_FOLDER / inlining.STYLES_FILE).is_file()
+    forget_premailers_memo()
+    import cssutils
+
+    monkeypatch.setattr(cssutils.CSSParser, "parseString", lambda *a, **k: pytest.fail("parsed the stylesheet"))
+    monkeypatch.setattr(cssutils.CSSParser, "parseStyle", lambda *a, **k: pytest.fail("parsed a declaration"))
+    june25 = other_day(settings, date(2026, 6, 25))  # a new edition: inlined, without one cssutils parse
+    assert june25.html.encode() == reference.html.encode()
+
+
+def test_styles_of_other_library_versions_or_a_damaged_file_are_not_used(cached_settings):
+    render(cached_settings)
+    path = cached_settings.paths.state / inlining.CACHE_FOLDER / inlining.STYLES_FILE
+    good = inlining.Styles.load(path)
+    assert good.rules and good.pairs
+    path.write_text(path.read_text().replace('"stamp": "', '"stamp": "0'))  # another premailer, another code
+    assert not inlining.Styles.load(path).rules
+    path.write_bytes(b'{"stamp": ')
+    assert not inlining.Styles.load(path).pairs
