@@ -2,4 +2,5 @@
 
 from newsletter.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned sender process (send --processes) imports it
+    main()

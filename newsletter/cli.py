@@ -221,13 +221,29 @@ class BarProgress:
 @click.option(
     "--retry-failed", is_flag=True, help="Retry only the recipients whose delivery failed with a temporary error."
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Sender processes on this machine, sharing the edition (use every core).",
+)
 @pass_ctx
 def send_command(
-    ctx: Context, day: date | None, dry_run: bool, to_address: str | None, outbox: Path | None, retry_failed: bool
+    ctx: Context,
+    day: date | None,
+    dry_run: bool,
+    to_address: str | None,
+    outbox: Path | None,
+    retry_failed: bool,
+    processes: int,
 ) -> None:
     """Send the edition of a date to every subscriber, exactly once."""
     from newsletter import editions  # imported here: premailer and the SMTP code load only when a command needs them
 
+    if processes > 1 and (dry_run or outbox or to_address):
+        raise click.BadParameter("only a real send of the edition uses several processes", param_hint="--processes")
     settings = ctx.settings
     day = day or ctx.today()
     if dry_run or outbox:
@@ -251,7 +267,12 @@ def send_command(
         click.echo(f"test copy of {day.isoformat()} sent to {to_address}: {reply}")
         _warn_postal_address(settings)
         return
-    result = editions.send_day(settings, day, retry_failed=retry_failed, progress=BarProgress())
+    if processes > 1:
+        from newsletter.senders import send_with_processes
+
+        result = send_with_processes(settings, day, processes, retry_failed=retry_failed, progress=BarProgress())
+    else:
+        result = editions.send_day(settings, day, retry_failed=retry_failed, progress=BarProgress())
     click.echo(result.summary())
     _warn_postal_address(settings)
     if not result.complete:

@@ -32,7 +32,7 @@ from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipi
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DryRun", "Progress", "SendResult", "dry_run", "edition_for", "send_day", "send_test_copy"]
+__all__ = ["DryRun", "Progress", "SendResult", "dry_run", "edition_for", "plan_day", "send_day", "send_test_copy"]
 
 
 def edition_for(
@@ -95,12 +95,14 @@ def send_day(
     stop: threading.Event | None = None,
     progress: Progress | None = None,
     now: datetime | None = None,
+    plan: bool = True,
 ) -> SendResult:
     """The real send of one edition: record it, render it, plan recipients, send.
 
     Any number of sends of one edition may run at once (processes, machines): each plans the
     rows it finds missing and then helps, claiming rows with a lease; each returns when the
-    edition has nothing left to send by anyone.
+    edition has nothing left to send by anyone. ``plan=False`` only helps (another process
+    planned: ``send --processes``).
     """
     progress = progress or NoProgress()
     conn = storage.connect(settings)
@@ -112,15 +114,8 @@ def send_day(
             ledger = DatabaseLedger(conn)
             rendered = render_edition(edition_for(day, settings, conn), settings, now=now)
             result = SendResult(day)
-            if not retry_failed:
-                sync_csv(settings.paths.subscribers, conn, Tally())  # its bad rows are reported just below
-                plan_digests(settings, day, conn, Tally(), select)  # first: their readers get no daily edition
-                tally = Tally()
-                recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
-                result.planned = ledger.plan(
-                    day, filter(select, recipients) if select else recipients, rendered.message_id_for
-                )
-                _note_skipped(result, tally)
+            if plan and not retry_failed:
+                _plan(settings, day, conn, rendered, select, result)
             counts = ledger.counts(day)
             progress.start(counts["failed"] if retry_failed else counts["pending"] + counts["failed"])
             try:
@@ -148,6 +143,42 @@ def send_day(
             return result
     finally:
         conn.close()
+
+
+def plan_day(settings: Settings, day: date, *, retry_failed: bool = False, now: datetime | None = None) -> SendResult:
+    """Record, render and plan an edition without sending it (``send --processes`` plans once, then its senders help)."""
+    conn = storage.connect(settings)
+    try:
+        with conn.guarded():
+            retention.refuse_folded(conn, day)
+            if retry_failed and day not in state.recorded_editions(conn):
+                raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
+            rendered = render_edition(edition_for(day, settings, conn), settings, now=now)
+            result = SendResult(day)
+            if not retry_failed:
+                _plan(settings, day, conn, rendered, None, result)
+            return result
+    finally:
+        conn.close()
+
+
+def _plan(
+    settings: Settings,
+    day: date,
+    conn: Database,
+    rendered: RenderedEdition,
+    select: Callable[[Subscriber], bool] | None,
+    result: SendResult,
+) -> None:
+    """Sync the list, then add the date's digest rows and edition rows not yet in the ledger."""
+    sync_csv(settings.paths.subscribers, conn, Tally())  # its bad rows are reported just below
+    plan_digests(settings, day, conn, Tally(), select)  # first: their readers get no daily edition
+    tally = Tally()
+    recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
+    result.planned = DatabaseLedger(conn).plan(
+        day, filter(select, recipients) if select else recipients, rendered.message_id_for
+    )
+    _note_skipped(result, tally)
 
 
 def _with_digests(result: SendResult, digests: SendResult) -> SendResult:

@@ -15,6 +15,7 @@ from collections import Counter
 from newsletter import storage
 from newsletter.editions import send_day
 from newsletter.ledger import DatabaseLedger
+from newsletter.storage import sqlite
 from newsletter.subscribers import Subscriber
 from tests import test_delivery
 from tests.test_delivery import DAY, ledger_rows
@@ -101,3 +102,38 @@ def test_two_send_processes_on_one_sqlite_state_deliver_everyone_exactly_once(sm
     assert sum(delivered) == len(READERS), outputs
     assert "another send" not in "".join(err for _, err in outputs)
 
+
+def test_send_processes_2_plans_once_sends_from_two_processes_and_prints_one_summary(
+    smtp_server, make_sender, tmp_path
+):
+    smtp_server.handler.delay = 0.002
+    make_sender(smtp_server, count=len(READERS), smtp="connections = 2\n", extra="bad-address,Nobody,\n")
+    sender = start_send(tmp_path, "--date", DAY.isoformat(), "--processes", "2")
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert Counter(smtp_server.handler.recipients()) == Counter(dict.fromkeys(READERS, 1))
+    assert out.count("\n") == 1 and out.startswith(
+        f"{DAY.isoformat()}: delivered {len(READERS)}, bounced 0, failed 0, skipped 1 (1 invalid"
+    )
+    owners = {row["lease_owner"] for row in ledger_rows_of(tmp_path)}
+    assert owners == {""}, "every outcome cleared its lease"
+
+
+def ledger_rows_of(tmp_path):
+    with sqlite.connect(tmp_path / "var") as db:
+        return db.execute("SELECT * FROM deliveries").fetchall()
+
+
+def test_send_processes_exits_3_with_one_line_when_the_relay_is_down(make_sender, tmp_path):
+    from tests.conftest import free_port
+
+    class Nowhere:
+        port = free_port()
+
+    make_sender(Nowhere, count=20, smtp="connections = 2\n")
+    sender = start_send(tmp_path, "--date", DAY.isoformat(), "--processes", "2")
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 3, err
+    lines = [line for line in err.splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot connect to 127.0.0.1"), err
+    assert {row["status"] for row in ledger_rows_of(tmp_path)} == {"pending"}
