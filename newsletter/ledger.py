@@ -47,6 +47,8 @@ class Due:
 class Ledger(Protocol):
     """What the sending engine needs from a ledger; DatabaseLedger (and DigestLedger) implement it."""
 
+    conn: Database  # the state database (the engine's shared send budget lives there too)
+
     @property
     def label(self) -> str: ...
     @property

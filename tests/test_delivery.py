@@ -31,6 +31,7 @@ from newsletter.mail.wire import Wire, wire_data
 from newsletter.render import render_edition
 from newsletter.selection import select_edition
 from newsletter.sending.throttle import Throttle
+from newsletter.storage import sqlite
 from newsletter.subscribers import Subscriber
 from tests.conftest import RecordingHandler, free_port
 
@@ -163,9 +164,9 @@ def test_rate_limit_spaces_the_messages(smtp_server, make_sender):
     assert time.monotonic() - started >= 5 / 20 * 0.9  # 6 messages at 20/s need at least 0.25 s
 
 
-def test_throttle_hourly_cap_blocks_until_the_hour_has_passed():
+def test_throttle_hourly_cap_blocks_until_the_hour_has_passed(tmp_path):
     now = [1000.0]
-    throttle = Throttle(0, 2, clock=lambda: now[0])
+    throttle = Throttle(sqlite.connect(tmp_path / "var"), "relay", 0, 2, clock=lambda: now[0])
     stop = threading.Event()
     assert throttle.wait(stop) and throttle.wait(stop)
     stop.set()  # a third send would have to wait an hour: with stop set it gives up at once

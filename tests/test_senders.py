@@ -11,13 +11,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
 
 from newsletter import storage
 from newsletter.editions import send_day
 from newsletter.ledger import DatabaseLedger
+from newsletter.sending.throttle import Throttle
 from newsletter.storage import sqlite
 from newsletter.subscribers import Subscriber
 from tests import test_delivery
+from tests.conftest import RecordingHandler, free_port
 from tests.test_delivery import DAY, ledger_rows
 
 make_sender = test_delivery.make_sender  # the fixture: settings that send to a given server
@@ -125,8 +130,6 @@ def ledger_rows_of(tmp_path):
 
 
 def test_send_processes_exits_3_with_one_line_when_the_relay_is_down(make_sender, tmp_path):
-    from tests.conftest import free_port
-
     class Nowhere:
         port = free_port()
 
@@ -137,3 +140,60 @@ def test_send_processes_exits_3_with_one_line_when_the_relay_is_down(make_sender
     lines = [line for line in err.splitlines() if not line.startswith("warning:")]
     assert len(lines) == 1 and lines[0].startswith("Error: cannot connect to 127.0.0.1"), err
     assert {row["status"] for row in ledger_rows_of(tmp_path)} == {"pending"}
+
+
+# The send budget: smtp.rate_limit and smtp.max_per_hour across senders.
+
+
+def test_two_senders_reserve_slots_from_one_budget(tmp_path):
+    now = [1000.0]
+    first, second = (
+        Throttle(sqlite.connect(tmp_path / "var"), "relay:587/me", 10, 0, clock=lambda: now[0]) for _ in range(2)
+    )
+    slots = sorted(throttle.reserve() for _ in range(10) for throttle in (first, second))
+    assert all(b - a >= 0.1 - 1e-9 for a, b in zip(slots, slots[1:], strict=False)), slots
+    assert slots[0] == 1000.0 and slots[-1] >= 1001.9 - 1e-9
+
+
+def test_the_hourly_cap_holds_across_senders(tmp_path):
+    now = [1000.0]
+    first, second = (Throttle(sqlite.connect(tmp_path / "var"), "relay", 0, 3, clock=lambda: now[0]) for _ in range(2))
+    slots = [first.reserve(), second.reserve(), first.reserve(), second.reserve()]
+    assert slots[:3] == [1000.0] * 3 and slots[3] == 1000.0 + 3600
+
+
+@dataclass
+class TimedHandler(RecordingHandler):
+    """A recording handler that also keeps when each message was accepted."""
+
+    times: list[float] = field(default_factory=list)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        reply = await super().handle_DATA(server, session, envelope)
+        with self.lock:
+            self.times.append(time.monotonic())
+        return reply
+
+
+def test_the_rate_limit_holds_across_two_send_processes(make_sender, tmp_path):
+    handler = TimedHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+
+        class Server:
+            port = controller.port
+
+        rate, readers = 10, 40
+        make_sender(Server, count=readers, smtp=f"connections = 2\nrate_limit = {rate}\n")
+        senders = [start_send(tmp_path, "--date", DAY.isoformat()) for _ in range(2)]
+        outputs = [sender.communicate(timeout=120) for sender in senders]
+        assert [sender.returncode for sender in senders] == [0, 0], outputs
+    finally:
+        controller.stop()
+    assert Counter(handler.recipients()) == Counter({f"reader{i}@example.com": 1 for i in range(readers)})
+    window, connections = 2.0, 4
+    busiest = max(sum(1 for t in handler.times if start <= t < start + window) for start in handler.times)
+    # one budget: at most rate * window slots in a window, plus one late message per connection;
+    # each process on its own budget would put about twice the rate in it
+    assert busiest <= rate * window + connections + 1, busiest

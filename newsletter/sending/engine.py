@@ -36,7 +36,7 @@ from newsletter.ledger import Due, Ledger
 from newsletter.mail.transport import Abort, CannotConnect, Connection, Dropped, Permanent, Temporary, Unsendable
 from newsletter.mail.wire import Wire
 from newsletter.render import RenderedEdition
-from newsletter.sending.throttle import Throttle
+from newsletter.sending.throttle import Throttle, account
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def send_edition(
         settings, rendered, ledger,
         WorkQueue(claims.next_batch, stop, poll=min(1.0, lease / 5)),
         Relay(settings),
-        Throttle(settings.smtp.rate_limit, settings.smtp.max_per_hour),
+        Throttle(ledger.conn, account(settings.smtp), settings.smtp.rate_limit, settings.smtp.max_per_hour),
         Acceptances(ledger, day),
         stop, progress, result, Wire(rendered),
     )  # fmt: skip

@@ -1,23 +1,51 @@
-"""The throttle: smtp.rate_limit per second and smtp.max_per_hour per rolling hour, shared by all connections."""
+"""The throttle: smtp.rate_limit per second and smtp.max_per_hour per rolling hour, for every sender of one relay account.
+
+Providers' quotas are per account, so the budget is kept in the state database, not in a
+process: each send reserves a slot (a Unix time) in one statement or transaction, and
+waits for it outside. ``send_budget`` holds the next free slot of the per-second budget,
+``send_slots`` the slots of the last hour for the hourly one (migration ``0081-send-budget``).
+Every connection of every sender process, on any machine, reserves from the same rows.
+A sender that dies leaves only unused slots behind: the budget is never exceeded.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
+
+from newsletter.config import SmtpSettings
+from newsletter.storage import Database
+
+HOUR = 3600.0
+
+# The next slot of the per-second budget: max(next free slot, now), then the one after it is free.
+RESERVE_SLOT = (
+    "INSERT INTO send_budget (scope, next_slot) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE SET "
+    "next_slot = (CASE WHEN send_budget.next_slot > ? THEN send_budget.next_slot ELSE ? END) + ? "
+    "RETURNING next_slot"
+)
+NTH_LATEST_SLOT = "SELECT at FROM send_slots WHERE scope = ? ORDER BY at DESC LIMIT 1 OFFSET ?"
+ADD_SLOT = "INSERT INTO send_slots (scope, at) VALUES (?, ?)"
+FORGET_SLOTS = "DELETE FROM send_slots WHERE scope = ? AND at < ?"
+
+
+def account(smtp: SmtpSettings) -> str:
+    """The relay account a budget belongs to: host, port and user name."""
+    return f"{smtp.host}:{smtp.port}/{smtp.username}"
 
 
 class Throttle:
-    """Space sends to smtp.rate_limit per second and at most smtp.max_per_hour per rolling hour."""
+    """Space sends to ``per_second`` and at most ``per_hour`` per rolling hour, across every sender of a scope."""
 
-    def __init__(self, per_second: float, per_hour: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, db: Database, scope: str, per_second: float, per_hour: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.db, self.scope = db, scope
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
         self.per_hour = per_hour
         self.clock = clock
-        self._next = 0.0
-        self._recent: deque[float] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one reservation at a time from this sender's connections
 
     @property
     def limited(self) -> bool:
@@ -27,15 +55,30 @@ class Throttle:
         """Block until the next send is allowed; return False if asked to stop meanwhile."""
         if not self.limited:
             return not stop.is_set()
-        with self._lock:
-            now = self.clock()
-            slot = max(now, self._next)
-            if self.per_hour:
-                while self._recent and self._recent[0] <= now - 3600:
-                    self._recent.popleft()
-                if len(self._recent) >= self.per_hour:
-                    slot = max(slot, self._recent[0] + 3600)
-                self._recent.append(slot)
-            self._next = slot + self.interval
-        delay = slot - self.clock()
+        delay = self.reserve() - self.clock()
         return not stop.wait(delay) if delay > 0 else not stop.is_set()
+
+    def reserve(self) -> float:
+        """Take the next slot of the shared budget (a Unix time) and return it."""
+        with self._lock, self.db.transaction():
+            now = self.clock()
+            slot = now
+            if self.interval:  # the upsert also locks the scope's row until the end of the transaction
+                after = self.db.execute(
+                    RESERVE_SLOT, (self.scope, now + self.interval, now, now, self.interval)
+                ).fetchone()[0]
+                slot = float(after) - self.interval
+            if self.per_hour:
+                slot = self._hourly(slot)
+            return slot
+
+    def _hourly(self, slot: float) -> float:
+        """Move a slot so that no rolling hour holds more than ``per_hour``; record it."""
+        if not self.interval:  # serialize reservations of this scope on the budget row, as the upsert does
+            self.db.execute(RESERVE_SLOT, (self.scope, 0.0, 0.0, 0.0, 0.0))
+        row = self.db.execute(NTH_LATEST_SLOT, (self.scope, self.per_hour - 1)).fetchone()
+        if row is not None:
+            slot = max(slot, float(row[0]) + HOUR)
+        self.db.execute(ADD_SLOT, (self.scope, slot))
+        self.db.execute(FORGET_SLOTS, (self.scope, slot - 2 * HOUR))
+        return slot

@@ -212,6 +212,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_leased ON deliveries (day, lease_owner, lease_until) WHERE lease_owner != '';
         """,
     ),
+    (
+        "0081-send-budget",
+        """
+        -- smtp.rate_limit and smtp.max_per_hour across every sender of one relay account (sending/throttle.py)
+        CREATE TABLE send_budget (
+            scope TEXT PRIMARY KEY,          -- the relay account: host:port/username
+            next_slot REAL NOT NULL          -- the next free slot of the per-second budget (Unix time)
+        );
+        CREATE TABLE send_slots (
+            scope TEXT NOT NULL,
+            at REAL NOT NULL                 -- a reserved slot (Unix time): the last hour's make the hourly budget
+        );
+        CREATE INDEX send_slots_by_scope ON send_slots (scope, at);
+        """,
+    ),
 ]
 
 
