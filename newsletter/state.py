@@ -108,13 +108,15 @@ INSERT_SUBSCRIBER = (
 UPSERT_CSV_ROW = (
     "INSERT INTO subscribers (email, address, public_id, name, timezone, frequency, weekday, source, "
     "created_at, updated_at, csv_sync) VALUES (?, ?, ?, ?, ?, ?, ?, 'csv', ?, ?, ?) "
-    "ON CONFLICT(email) DO UPDATE SET csv_sync = excluded.csv_sync, "
+    "ON CONFLICT(email) DO UPDATE SET csv_sync = CASE WHEN excluded.csv_sync > subscribers.csv_sync "
+    "THEN excluded.csv_sync ELSE subscribers.csv_sync END, "
     + ", ".join(
         f"{column} = CASE WHEN subscribers.source = 'csv' AND subscribers.edited_at = '' "
         f"THEN excluded.{column} ELSE subscribers.{column} END"
         for column in ("address", "name", "timezone", "frequency", "weekday", "updated_at")
     )
-)  # the file rules its own rows until someone edits them; other sources' rows keep their values
+)  # the file rules its own rows until someone edits them; other sources' rows keep their values.
+# csv_sync keeps the latest sync's stamp: two syncs at once (two senders) both find every row of the file
 UPDATE_PREFERENCES = (
     "UPDATE subscribers SET name = ?, timezone = ?, frequency = ?, weekday = ?, updated_at = ?, edited_at = ? "
     "WHERE email = ?"
@@ -244,8 +246,8 @@ def upsert_csv_rows(conn: Database, rows: list[tuple[str, ...]], stamp: str) -> 
 
 
 def finish_csv_sync(conn: Database, path: str, signature: str, stamp: str) -> int:
-    """Drop the CSV's rows that this sync did not find; record the file's signature; return how many left."""
-    dropped = conn.execute("DELETE FROM subscribers WHERE source = 'csv' AND csv_sync != ?", (stamp,)).rowcount
+    """Drop the CSV's rows that neither this sync nor a later one found; record the file's signature; return how many left."""
+    dropped = conn.execute("DELETE FROM subscribers WHERE source = 'csv' AND csv_sync < ?", (stamp,)).rowcount
     conn.execute(
         "INSERT INTO csv_syncs (path, signature, synced_at) VALUES (?, ?, ?) "
         "ON CONFLICT(path) DO UPDATE SET signature = excluded.signature, synced_at = excluded.synced_at",

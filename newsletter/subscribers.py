@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -500,6 +501,11 @@ def file_signature(path: Path) -> str:
     return f"{info.st_size}:{info.st_mtime_ns}"
 
 
+def sync_stamp() -> str:
+    """A sync's mark on the rows it finds: later syncs sort higher (above the random stamps of old versions)."""
+    return f"t{time.time_ns():020d}{secrets.token_hex(4)}"
+
+
 def sync_csv(csv_path: Path, conn: Database, tally: Tally) -> bool:
     """Sync the CSV file into the list (rows with source 'csv'); False if the file is unchanged since the last sync.
 
@@ -509,7 +515,7 @@ def sync_csv(csv_path: Path, conn: Database, tally: Tally) -> bool:
     key, signature = str(csv_path.resolve()), file_signature(csv_path)
     if state.csv_signature(conn, key) == signature:
         return False
-    stamp = secrets.token_hex(8)
+    stamp = sync_stamp()
     seen = DiskSet()
     try:
         for chunk in _chunks(read_csv(csv_path, tally), 2000):

@@ -7,6 +7,7 @@ at most the dead sender's connections twice.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from newsletter.storage import sqlite
 from newsletter.subscribers import Subscriber
 from tests import test_delivery
 from tests.conftest import RecordingHandler, free_port
-from tests.test_delivery import DAY, ledger_rows
+from tests.test_delivery import DAY, ledger_rows, settled_count
 
 make_sender = test_delivery.make_sender  # the fixture: settings that send to a given server
 
@@ -197,3 +198,61 @@ def test_the_rate_limit_holds_across_two_send_processes(make_sender, tmp_path):
     # one budget: at most rate * window slots in a window, plus one late message per connection;
     # each process on its own budget would put about twice the rate in it
     assert busiest <= rate * window + connections + 1, busiest
+
+
+# Several daemons on one database.
+
+
+def start_run(tmp_path, *args: str) -> subprocess.Popen:
+    """A `newsletter run` process on the test's configuration."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_SECRET"] = "s"
+    command = [sys.executable, "-m", "newsletter", "--config", str(tmp_path / "newsletter.toml"), "run", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+MORNING = "2026-06-24T07:01:00+00:00"  # send_time in UTC, the readers' zone
+
+
+def test_two_daily_jobs_at_once_never_mail_a_reader_twice(smtp_server, make_sender, tmp_path):
+    smtp_server.handler.delay = 0.002
+    make_sender(smtp_server, count=len(READERS), smtp="connections = 2\n")
+    jobs = [start_run(tmp_path, "--once", "--now", MORNING) for _ in range(2)]
+    outputs = [job.communicate(timeout=120) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs
+    assert Counter(smtp_server.handler.recipients()) == Counter(dict.fromkeys(READERS, 1))
+
+
+def test_a_daemon_that_dies_mid_send_leaves_nothing_stuck_for_the_other(smtp_server, make_sender, tmp_path):
+    smtp_server.handler.delay = 0.01
+    make_sender(smtp_server, count=len(READERS), smtp="connections = 2\n")
+    daemon = start_run(tmp_path, "--heartbeat", "0.5", "--now", MORNING)
+    deadline = time.monotonic() + 60
+    while len(smtp_server.handler.messages) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(timeout=10)
+    before = settled_count(smtp_server.handler)
+    assert 30 <= before < len(READERS), "the kill must land in the middle of the send"
+    other = start_run(tmp_path, "--once", "--now", MORNING)
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err
+    received = Counter(smtp_server.handler.recipients())
+    assert set(received) == set(READERS)
+    assert sum(received.values()) - len(READERS) <= 2, "only the dead daemon's messages in flight (one per connection)"
+
+
+def test_two_syncs_of_the_subscriber_csv_at_once_keep_every_row_of_the_file(tmp_path):
+    from newsletter import state
+    from newsletter.subscribers import sync_stamp
+
+    db = sqlite.connect(tmp_path / "var")
+    rows = [(f"reader{i}@example.com", "", "", "daily", "monday") for i in range(3)]
+    state.upsert_csv_rows(db, [*rows, ("gone@example.com", "", "", "daily", "monday")], "0a1b2c3d4e5f6a7b")
+    first, second = sync_stamp(), sync_stamp()  # two senders start syncing the same file
+    state.upsert_csv_rows(db, rows[:2], first)
+    state.upsert_csv_rows(db, rows, second)  # the second sync overtakes the first ...
+    state.upsert_csv_rows(db, rows[2:], first)  # ... which then finds the last row too
+    assert state.finish_csv_sync(db, "subscribers.csv", "sig", first) == 1  # only the address not in the file left
+    assert state.finish_csv_sync(db, "subscribers.csv", "sig", second) == 0
+    assert sorted(row["email"] for row in state.subscriber_rows(db)) == [row[0] for row in rows]
