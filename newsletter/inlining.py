@@ -29,6 +29,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import sys
 import tempfile
 import types
@@ -36,10 +37,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import jinja2.bccache
+
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = Path("cache") / "inline"  # under paths.state
 CACHE_KEEP = 64  # entries kept; the oldest go when a new one is written
+TEMPLATES_FOLDER = Path("cache") / "templates"  # under paths.state: Jinja2's compiled templates
 STYLES_FILE = "styles.json"  # in the cache folder: premailer's parse of our stylesheets
 STYLES_LIMIT = 2000  # declaration lists kept; past it the file starts afresh
 LIBRARIES = ("premailer", "cssutils", "cssselect", "lxml")  # whose versions can change the output
@@ -60,6 +65,40 @@ def inline(html: str, templates: Path, state_dir: Path | None = None) -> str:
         write_cached(folder, key, inlined)
         styles.save(folder / STYLES_FILE)
     return inlined
+
+
+def template_cache(state_dir: Path | None) -> jinja2.BytecodeCache | None:
+    """Jinja2's cache of compiled templates in ``paths.state/cache/templates/``, when the state folder exists.
+
+    Jinja2 keys each entry by the template's name and a checksum of its source (and its
+    format by the Python version), and an entry it cannot load is compiled again; the folder
+    is made on first use, never the state folder itself. The entries are code, trusted as
+    much as the state folder is: only the service's own user should be able to write it.
+    """
+    if state_dir is None or not state_dir.is_dir():
+        return None
+    return _QuietBytecodeCache(str(state_dir / TEMPLATES_FOLDER))
+
+
+class _QuietBytecodeCache(jinja2.FileSystemBytecodeCache):
+    """Jinja2's file cache that makes its folder on first write and never fails a render (read-only, full disk)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.pattern = "__jinja2_%s.cache"
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError):  # a damaged file: compile again
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            super().dump_bytecode(bucket)
+        except OSError as exc:
+            log.debug("cannot write the template cache in %s: %s", self.directory, exc)
 
 
 def premailer_inline(html: str, css: str, media: str, styles: Styles | None = None) -> str:

@@ -39,3 +39,12 @@ def test_february_28_of_a_common_year_also_reads_february_29(settings):
     files = events.day_files(settings.paths.events, date(2027, 2, 28))
     assert [p.name for p in files] == ["02-29-leap-day-event.md"]
     assert edition_for(date(2027, 2, 28), settings, None).event.id == "02-29-leap-day-event"
+
+
+def test_the_files_of_a_day_include_the_event_on_record_and_never_hidden_ones(settings):
+    folder = settings.paths.events
+    (folder / "06" / "_06-24-draft.md").write_text("not an event")
+    (folder / "06" / ".06-24-swap.md").write_text("not an event")
+    files = events.day_files(folder, date(2026, 6, 24), ["12-31-year-end"])
+    assert [p.name for p in files] == ["06-24-first-thing.md", "12-31-year-end.md"]
+    assert files == [p for p in events.event_files(folder) if p in files]  # the library's order

@@ -170,3 +170,15 @@ def test_styles_of_other_library_versions_or_a_damaged_file_are_not_used(cached_
     assert not inlining.Styles.load(path).rules
     path.write_bytes(b'{"stamp": ')
     assert not inlining.Styles.load(path).pairs
+
+
+def test_compiled_templates_are_kept_and_a_damaged_one_is_compiled_again(cached_settings, templates):
+    first = render(cached_settings)
+    compiled = sorted((cached_settings.paths.state / inlining.TEMPLATES_FOLDER).iterdir())
+    assert compiled  # email.html, its layout and parts, email.txt
+    for path in compiled:
+        path.write_bytes(path.read_bytes()[:20])
+    assert render(cached_settings).text == first.text
+    layout = templates / "email" / "email.txt"
+    layout.write_text(layout.read_text() + "A new last line.\n")
+    assert "A new last line." in render(cached_settings).text
