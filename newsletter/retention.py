@@ -23,6 +23,7 @@ from newsletter import state
 from newsletter.errors import DeliveryError
 from newsletter.storage import Database
 
+PRUNE_LOCK = 7_310_090  # pg_advisory_xact_lock key: two prunes (two daemons) fold one edition at a time
 TEST_COPIES_KEPT = 5  # the newest test copies stay whole: `status` lists them (status.TEST_COPIES_SHOWN)
 KINDS = ("edition", "digest", "test")
 
@@ -43,6 +44,7 @@ DELETE_ROWS = "DELETE FROM deliveries WHERE day = ?"
 DELETE_TESTS = f"DELETE FROM test_sends WHERE day = ? AND id NOT IN ({NEWEST_TESTS})"
 TOTALS_OF_DAY = "SELECT status, total FROM edition_totals WHERE day = ? AND kind = ?"
 TOTALS_OF_KIND = "SELECT day, status, total FROM edition_totals WHERE kind = ?"
+LOCK_POSTGRES = "SELECT pg_advisory_xact_lock(?)"
 PRUNED_ON = "SELECT 1 FROM notices WHERE kind = 'prune' AND day = ? AND zone = ''"
 IS_FOLDED = "SELECT 1 FROM edition_totals WHERE day = ? AND kind IN ('edition', 'digest') LIMIT 1"
 
@@ -140,6 +142,8 @@ def fold_edition(conn: Database, day: date) -> Folded:
     """Count one date's recipient rows and test copies into the totals and delete them, in one transaction."""
     when = day.isoformat()
     with conn.transaction():  # counted and deleted under one write lock: nothing lost, nothing twice
+        if conn.backend == "postgresql":  # SQLite's BEGIN IMMEDIATE already serializes; PostgreSQL counts
+            conn.execute(LOCK_POSTGRES, (PRUNE_LOCK,))  # what is committed once it holds the lock
         rows = {(kind, status): int(n) for kind, status, n in conn.execute(COUNT_ROWS, (when,))}
         tests = {status: int(n) for status, n in conn.execute(COUNT_TESTS, (when,))}
         totals = [(when, kind, status, n) for (kind, status), n in rows.items()]

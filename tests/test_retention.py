@@ -1,5 +1,6 @@
 """newsletter prune: old editions' recipient rows folded into per-edition totals, status unchanged, state bounded."""
 
+import threading
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -152,6 +153,19 @@ def test_a_crash_mid_prune_loses_nothing_and_counts_nothing_twice(sent, conn):
     retention.prune(conn, date(2026, 7, 11), 14)
     assert ledger.counts(OLD)["delivered"] == 2 and ledger.counts(newer)["pending"] == 1
     assert sum(retention.totals_of(conn, RECENT, "edition").values()) == 3  # Bob, suppressed, was not planned
+
+
+def test_two_prunes_at_once_fold_each_edition_once(sent, conn):
+    before = DatabaseLedger(conn).editions()
+    others = [storage.connect(sent) for _ in range(2)]
+    threads = [threading.Thread(target=retention.prune, args=(db, TODAY, 14)) for db in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for db in others:
+        db.close()
+    assert DatabaseLedger(conn).editions() == before  # nothing counted twice, nothing lost
 
 
 def test_digest_rows_are_folded_into_their_own_totals(sent, conn):
