@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from itertools import chain
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -138,6 +137,8 @@ def valid_zone(name: str) -> bool:
 @lru_cache(maxsize=1)
 def zone_choices() -> tuple[str, ...]:
     """The IANA zones a reader chooses from: those of zone1970.tab (tzdata's own list of current zones) and UTC."""
+    from importlib import resources  # here: only the web forms list zones (the import costs ~5 ms)
+
     try:
         table = resources.files("tzdata").joinpath("zoneinfo", "zone1970.tab").read_text(encoding="utf-8")
         names = {line.split("\t")[2] for line in table.splitlines() if line and not line.startswith("#")}
