@@ -82,12 +82,14 @@ INSERT_DIGEST_ROWS = (
 # A claim: the next due rows of the edition with no live lease, taken for an owner in one statement
 # (inside a write transaction; PostgreSQL skips the rows another claim has locked). ``{where}`` is
 # "d.email > ?" (the sender's first pass, walking the primary key) or "d.lease_owner != ''" (rows
-# whose sender died or gave them back). RETURNING carries the reader's public id for the links.
+# whose sender died or gave them back). The rows are picked once, in a materialized CTE (an
+# ``IN (SELECT ... LIMIT ... FOR UPDATE SKIP LOCKED)`` may be evaluated again by PostgreSQL and
+# take more than the limit). RETURNING carries the reader's public id for the links.
 CLAIM_ROWS = (
-    "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE day = ? AND email IN ("
-    "SELECT d.email FROM deliveries d WHERE d.day = ? AND d.status IN ({statuses}) AND {scope} AND {where} "
-    "AND d.lease_until < ? AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) "
-    "ORDER BY d.email LIMIT ?{lock}) "
+    "WITH picked AS MATERIALIZED (SELECT d.email FROM deliveries d WHERE d.day = ? AND d.status IN ({statuses}) "
+    "AND {scope} AND {where} AND d.lease_until < ? "
+    "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) ORDER BY d.email LIMIT ?{lock}) "
+    "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE day = ? AND email IN (SELECT email FROM picked) "
     "RETURNING email, address, name, timezone, attempts, message_id, "
     "(SELECT u.public_id FROM subscribers u WHERE u.email = deliveries.email)"
 )
@@ -191,7 +193,7 @@ class DatabaseLedger:
         sql = CLAIM_ROWS.format(
             statuses=",".join("?" * len(statuses)), scope=scope, where=where, lock=self._skip_locked()
         )
-        params = (owner, until, day.isoformat(), day.isoformat(), *statuses, *scoped, *cursor, now, limit)
+        params = (day.isoformat(), *statuses, *scoped, *cursor, now, limit, owner, until, day.isoformat())
         with self._lock, self.conn.transaction():
             rows = self.conn.execute(sql, params).fetchall()
         rows.sort(key=lambda row: row[0])
