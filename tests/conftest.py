@@ -1,10 +1,20 @@
-"""Shared fixtures: a small event library, settings in tmp_path, and a real SMTP server on 127.0.0.1."""
+"""Shared fixtures: a small event library, settings in tmp_path, a real SMTP server on 127.0.0.1,
+and the state database on both backends.
+
+The modules in ``BOTH_BACKENDS`` (the ledger, web and delivery tests) run every test that
+builds settings twice: ``[sqlite]`` on a file in tmp_path, ``[postgresql]`` on a fresh
+database (CREATE DATABASE per test) of one real PostgreSQL server started for the session
+(tests/pgserver.py; missing PostgreSQL fails under CI=true, skips elsewhere). The settings
+then carry ``database.url`` and NEWSLETTER_DATABASE_URL is set for subprocesses.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import email.policy
+import itertools
+import os
 import socket
 import textwrap
 import threading
@@ -17,6 +27,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
 from newsletter.config import Settings, load_settings
+from tests.pgserver import PostgresServer, running_server
+
+BOTH_BACKENDS = {"test_delivery", "test_web"}
 
 SECTION_TEXT = (
     "The {n} paragraph tells the story in plain words, with enough detail to be worth reading "
@@ -95,13 +108,52 @@ def event_folder(tmp_path: Path) -> Path:
     return write_library(tmp_path / "events")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of BOTH_BACKENDS that build settings once per backend (ids [sqlite], [postgresql])."""
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS and "make_settings" in metafunc.fixturenames:
+        if "database_url" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("database_url")  # make_settings asks for it by name
+        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session (tests/pgserver.py)."""
+    with running_server() as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
-    """Build Settings from a TOML snippet written to tmp_path/newsletter.toml, isolated from the environment."""
-    for name in list(__import__("os").environ):
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """'' (SQLite in paths.state) or the URL of a fresh, empty PostgreSQL database (parametrized: see above).
+
+    On PostgreSQL, no SQLite state file may appear anywhere in tmp_path: every table lives in the server.
+    """
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield ""
+        return
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    yield server.fresh_database(f"t{os.getpid()}_{next(_databases)}")
+    assert not list(tmp_path.rglob("newsletter.sqlite3")), "a PostgreSQL test wrote a SQLite state file"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Callable[..., Settings]:
+    """Build Settings from a TOML snippet written to tmp_path/newsletter.toml, isolated from the environment.
+
+    With ``database_url`` among the test's fixtures (a module of BOTH_BACKENDS), the settings and the
+    environment of subprocesses (NEWSLETTER_DATABASE_URL) name that database.
+    """
+    for name in list(os.environ):
         if name.startswith("NEWSLETTER_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else ""
+    if url:
+        monkeypatch.setenv("NEWSLETTER_DATABASE_URL", url)
 
     def build(toml: str = "", env: dict[str, str] | None = None, **paths: Path) -> Settings:
         lines = [textwrap.dedent(toml)]
@@ -110,9 +162,20 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
             lines += [f'{key} = "{value}"' for key, value in paths.items()]
         config = tmp_path / "newsletter.toml"
         config.write_text("\n".join(lines), encoding="utf-8")
-        return load_settings(config, env=env or {"NEWSLETTER_SECRET": "test-secret"})
+        env = dict(env or {"NEWSLETTER_SECRET": "test-secret"})
+        if url:
+            env.setdefault("NEWSLETTER_DATABASE_URL", url)
+        return load_settings(config, env=env)
 
     return build
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a `newsletter` subprocess: ours without NEWSLETTER_*, but with the test's database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    if os.environ.get("NEWSLETTER_DATABASE_URL"):
+        env["NEWSLETTER_DATABASE_URL"] = os.environ["NEWSLETTER_DATABASE_URL"]
+    return env | extra
 
 
 @pytest.fixture

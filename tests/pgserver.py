@@ -41,6 +41,14 @@ class PostgresServer:
         self._run("createdb", "-h", self.host, "-p", str(self.port), "-U", self.user, name)
         return self.url(name)
 
+    def fresh_database(self, name: str) -> str:
+        """CREATE DATABASE (from template0, UTF-8) and return its URL: quicker than createdb's process."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING UTF8')
+        return self.url(name)
+
     def _run(self, tool: str, *args: str) -> None:
         subprocess.run([str(self.bindir / tool), *args], check=True, capture_output=True, timeout=30)
 

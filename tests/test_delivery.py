@@ -1,7 +1,6 @@
 """Delivery against a real SMTP server on 127.0.0.1: exactly once, through every fault."""
 
 import dataclasses
-import os
 import signal
 import smtplib
 import sqlite3
@@ -13,6 +12,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
@@ -33,7 +33,7 @@ from newsletter.selection import select_edition
 from newsletter.sending.throttle import Throttle
 from newsletter.storage import sqlite
 from newsletter.subscribers import Subscriber
-from tests.conftest import RecordingHandler, free_port
+from tests.conftest import RecordingHandler, free_port, subprocess_env
 
 DAY = date(2026, 6, 24)
 
@@ -312,8 +312,7 @@ def test_an_untrusted_certificate_is_refused(tls_server, make_sender):
 def test_kill_9_in_the_middle_then_rerun_loses_no_one(smtp_server, make_sender, tmp_path):
     smtp_server.handler.delay = 0.02
     settings = make_sender(smtp_server, count=60, smtp="connections = 2\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env["NEWSLETTER_SECRET"] = "s"
+    env = subprocess_env(NEWSLETTER_SECRET="s")
     config = str(tmp_path / "newsletter.toml")
     process = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--config", config, "send", "--date", DAY.isoformat()],
@@ -456,7 +455,9 @@ def test_a_ledger_that_cannot_record_stops_the_send_and_loses_no_one(smtp_server
     settings = make_sender(smtp_server, count=20, smtp="connections = 1\n")
 
     def disk_full(self, day, accepted):
-        raise sqlite3.OperationalError("database or disk is full")
+        raise (sqlite3.OperationalError if self.conn.backend == "sqlite" else psycopg.errors.DiskFull)(
+            "database or disk is full"
+        )
 
     with monkeypatch.context() as patch:
         patch.setattr(DatabaseLedger, "mark_delivered_many", disk_full)

@@ -3,7 +3,6 @@
 import base64
 import binascii
 import contextlib
-import os
 import re
 import secrets
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from newsletter import state, storage, subscribers, tokens
 from newsletter.editions import send_day
 from newsletter.render import list_id
-from tests.conftest import free_port, strict_html
+from tests.conftest import free_port, strict_html, subprocess_env
 
 SECRET = "web-test-secret"
 
@@ -46,8 +45,7 @@ def site(make_settings, event_folder, tmp_path, smtp_server, request):
     )
     (tmp_path / "public").mkdir()
     (tmp_path / "public" / "index.html").write_text("<h1>Archive</h1>")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env["NEWSLETTER_SECRET"] = SECRET
+    env = subprocess_env(NEWSLETTER_SECRET=SECRET)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -233,7 +231,8 @@ def confirm(client, link):
 
 def dump(settings):
     """Every row of the state database, to show that a request changed nothing."""
-    return list(storage.connect(settings).conn.iterdump())
+    with storage.connect(settings) as db:
+        return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in db.tables()}
 
 
 def web_subscriber(settings, address):

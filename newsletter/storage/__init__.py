@@ -128,6 +128,10 @@ class Database:
         except self.errors as exc:
             raise self.error(exc) from exc
 
+    def tables(self) -> list[str]:
+        """The names of the tables in this database, sorted (``migrations`` included)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         with self._lock:
             self._close()

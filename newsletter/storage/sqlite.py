@@ -267,6 +267,10 @@ class SQLiteDatabase(Database):
     def error(self, exc: BaseException) -> StorageError:
         return storage_error(exc, self.path)
 
+    def tables(self) -> list[str]:
+        rows = self.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        return [row[0] for row in rows]
+
 
 def db_path(state_dir: Path) -> Path:
     return state_dir / DB_NAME
