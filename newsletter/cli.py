@@ -548,6 +548,27 @@ def doctor_command(ctx: Context) -> None:
         sys.exit(1)
 
 
+@cli.command("migrate")
+@click.option("--to", "url", required=True, metavar="URL", help="The empty PostgreSQL database: postgresql://user@host:5432/dbname.")
+@pass_ctx
+def migrate_command(ctx: Context, url: str) -> None:
+    """Copy the SQLite state (every table) into an empty PostgreSQL database, in one transaction.
+
+    The SQLite file in paths.state is left untouched; a database that already holds tables is
+    refused. The password comes from NEWSLETTER_DATABASE_URL (the same URL with it), PGPASSWORD
+    or ~/.pgpass, never from the command line. Then set database.url to the URL.
+    """
+    import os
+
+    from newsletter.storage import transfer
+
+    target = transfer.target_url(url, os.environ.get("NEWSLETTER_DATABASE_URL", ""))
+    copied = transfer.copy_to_postgres(ctx.settings.paths.state, target)
+    for line in copied.lines():
+        click.echo(line)
+    click.echo(copied.summary())
+
+
 @cli.group("inbox")
 def inbox_group() -> None:
     """Read the bounce mailbox: delivery reports, complaints, unsubscribe requests."""
@@ -829,6 +850,7 @@ EXAMPLES: dict[str, str] = {
     "prune": "newsletter prune --keep-days 30",
     "serve": "newsletter serve --host 127.0.0.1 --port 8080",
     "doctor": "newsletter --config /srv/newsletter/newsletter.toml doctor",
+    "migrate": "newsletter migrate --to postgresql://newsletter@db.example.org:5432/newsletter",
     "inbox": "newsletter inbox import /var/mail/bounces/Maildir",
     "inbox import": "newsletter inbox import /var/mail/bounces/Maildir bounces/*.eml",
     "bounces": "newsletter bounces import bounces/*.eml",

@@ -296,6 +296,22 @@ def _open(url: str, *, readonly: bool = False) -> PostgresDatabase:
     return PostgresDatabase(conn, url)
 
 
+def open_empty(url: str) -> PostgresDatabase:
+    """Open a database that must hold no table yet (the target of ``newsletter migrate``), not migrated."""
+    db = _open(url)
+    try:
+        with db.guarded():
+            tables = sorted(_tables(db))
+    except BaseException:
+        db.close()
+        raise
+    if tables:
+        db.close()
+        shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+        raise StorageError(f"{db.label}: not empty (it holds tables: {shown}); migrate copies into an empty database only")
+    return db
+
+
 def connect(url: str) -> PostgresDatabase:
     """Open the database and apply the migrations it has not seen; StorageError (one line) if it cannot be used."""
     db = _open(url)
@@ -349,6 +365,12 @@ def _refuse_foreign(tables: set[str], label: str) -> None:
 
 def migrate(db: PostgresDatabase) -> None:
     """Apply the migrations this database has not seen yet, each in its own transaction, one process at a time."""
+    tables = _tables(db)
+    _refuse_foreign(tables, db.label)
+    if "migrations" in tables:
+        applied = {row[0] for row in db.execute("SELECT name FROM migrations")}
+        if applied.issuperset(name for name, _ in MIGRATIONS):
+            return  # the common case: two quick reads, no lock
     with db.transaction():
         db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
         _refuse_foreign(_tables(db), db.label)
