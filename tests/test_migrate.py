@@ -42,6 +42,7 @@ def filled(make_settings, event_folder, tmp_path, smtp_server):
             "INSERT INTO signup_requests VALUES ('abc', 'x@example.org', 'X', 'UTC', '2026-06-24T07:00:00+00:00')"
         )
         db.execute("INSERT INTO inbox_messages VALUES ('id:<m@x>', 'suppressed', '2026-06-25T08:00:00+00:00')")
+        db.execute("INSERT INTO edition_totals VALUES ('2026-01-01', 'edition', 'delivered', 12)")  # a pruned edition
     empty = [t for t in db.tables() if db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0]
     assert empty == [], "the test state must hold a row in every table"
     db.close()

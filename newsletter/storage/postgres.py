@@ -203,6 +203,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         INSERT INTO link_tokens VALUES ('public-id', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"'));
         """,
     ),
+    (
+        "0090-edition-totals",
+        f"""
+        CREATE TABLE edition_totals (
+            day {T} NOT NULL,
+            kind {T} NOT NULL CHECK (kind IN ('edition', 'digest', 'test')),
+            status {T} NOT NULL,
+            total BIGINT NOT NULL,
+            PRIMARY KEY (day, kind, status)
+        );
+        """,
+    ),
+    (
+        "0080-leases",
+        f"""
+        ALTER TABLE deliveries ADD COLUMN lease_owner {T} NOT NULL DEFAULT '';
+        ALTER TABLE deliveries ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0;
+        CREATE INDEX deliveries_leased ON deliveries (day, lease_owner, lease_until) WHERE lease_owner != '';
+        """,
+    ),
 ]
 
 
