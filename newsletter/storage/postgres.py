@@ -15,6 +15,7 @@ processes, each with its own connection.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -282,7 +283,8 @@ class PostgresDatabase(Database):
         self.conn.execute("COMMIT")
 
     def _rollback(self) -> None:
-        if not self.conn.closed:
+        # a broken connection: the server rolls back by itself, and the error that got here is the one to show
+        with contextlib.suppress(psycopg.Error):
             self.conn.execute("ROLLBACK")
 
     def _close(self) -> None:
