@@ -12,6 +12,7 @@ from newsletter import state, storage
 from newsletter.cli import cli
 from newsletter.editions import send_day
 from newsletter.ledger import DatabaseLedger
+from newsletter.sending.throttle import Throttle
 from newsletter.storage import postgres, sqlite
 
 DAY = date(2026, 6, 25)
@@ -43,6 +44,7 @@ def filled(make_settings, event_folder, tmp_path, smtp_server):
         )
         db.execute("INSERT INTO inbox_messages VALUES ('id:<m@x>', 'suppressed', '2026-06-25T08:00:00+00:00')")
         db.execute("INSERT INTO edition_totals VALUES ('2026-01-01', 'edition', 'delivered', 12)")  # a pruned edition
+        Throttle(db, "relay:587/me", 10, 100, clock=lambda: 1764600000.25).reserve()  # send_budget, send_slots
     empty = [t for t in db.tables() if db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0]
     assert empty == [], "the test state must hold a row in every table"
     db.close()

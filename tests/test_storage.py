@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from newsletter import state, storage
 from newsletter.cli import cli
 from newsletter.errors import StorageError
+from newsletter.sending.throttle import Throttle
 from newsletter.storage import postgres, sqlite
 
 
@@ -107,6 +108,13 @@ def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(pg_url):
     assert errors == []
     with postgres.connect(pg_url) as db:
         assert db.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == len(postgres.MIGRATIONS)
+
+
+def test_the_send_budget_is_shared_on_postgresql(pg_url):
+    now = [1000.0]
+    first, second = (Throttle(postgres.connect(pg_url), "relay", 10, 3, clock=lambda: now[0]) for _ in range(2))
+    slots = [first.reserve(), second.reserve(), first.reserve(), second.reserve()]
+    assert slots[:3] == [1000.0, 1000.1, 1000.2] and slots[3] >= 1000.0 + 3600
 
 
 def test_read_only_access_to_an_empty_database_is_none_and_creates_nothing(pg_url):

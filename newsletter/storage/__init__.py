@@ -3,7 +3,7 @@
 ``""`` (the default) is the SQLite file ``<paths.state>/newsletter.sqlite3`` (``storage.sqlite``);
 ``postgresql://...`` is a PostgreSQL database through psycopg 3 (``storage.postgres``). Both
 backends hold the same tables under the same named migrations, and every module writes its
-SQL once for both (see the Storage API in docs/architecture.md):
+SQL once for both (docs/architecture.md, "Storage: SQL that runs on both backends"):
 
 - ``?`` placeholders (the PostgreSQL backend turns them into psycopg's ``%s``);
 - ``INSERT ... ON CONFLICT DO NOTHING`` / ``ON CONFLICT (key) DO UPDATE SET c = excluded.c``;

@@ -224,6 +224,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX deliveries_leased ON deliveries (day, lease_owner, lease_until) WHERE lease_owner != '';
         """,
     ),
+    (
+        "0081-send-budget",
+        f"""
+        CREATE TABLE send_budget (
+            scope {T} PRIMARY KEY,
+            next_slot DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE send_slots (
+            scope {T} NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX send_slots_by_scope ON send_slots (scope, at);
+        """,
+    ),
 ]
 
 
