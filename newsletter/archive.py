@@ -28,6 +28,8 @@ CALENDAR_DAYS: tuple[tuple[int, int], ...] = tuple(
     (d.month, d.day) for d in (date.fromordinal(date(LEAP_YEAR, 1, 1).toordinal() + n) for n in range(366))
 )
 FAVICON = "favicon.svg"
+FAVICON_ICO = "favicon.ico"  # for browsers and tools that ask for /favicon.ico (tools/make_images.py draws it)
+OG_IMAGE = "og-image.png"  # the Open Graph image of the day pages, 1200x630 (tools/make_images.py)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,13 @@ def day_page(env: jinja2.Environment, settings: Settings, month: int, day: int, 
     description = f"What happened on {label} in history. {titles}" if events else f"What happened on {label}."
     return env.get_template("web/day.html").render(
         site=_site(settings),
-        page=_page(f"{label} in history", description[:300], day_url(settings, month, day), "website"),
+        page=_page(
+            f"{label} in history",
+            description[:300],
+            day_url(settings, month, day),
+            "website",
+            image=settings.newsletter.base_url + OG_IMAGE,
+        ),
         label=label,
         month_name=calendar.month_name[month],
         day=day,
@@ -190,15 +198,25 @@ def favicon(templates: Path) -> bytes:
     return (templates / "web" / FAVICON).read_bytes()
 
 
+def web_image(templates: Path, name: str) -> bytes:
+    """Return a raster image of the site (FAVICON_ICO, OG_IMAGE): the templates' own, else the bundled one."""
+    path = templates / "web" / name
+    if not path.is_file():  # a templates folder of an older version: the bundled image stands in
+        from newsletter.config import bundled
+
+        path = bundled("templates") / "web" / name
+    return path.read_bytes()
+
+
 def _path_of(url: str) -> str:
     from urllib.parse import urlsplit
 
     return urlsplit(url).path or "/"
 
 
-def _page(title: str, description: str, url: str, kind: str) -> dict[str, str]:
+def _page(title: str, description: str, url: str, kind: str, image: str = "") -> dict[str, str]:
     """The head of one page: title, description and canonical URL, also used for Open Graph and Twitter cards."""
-    return {"title": title, "description": " ".join(description.split()), "url": url, "type": kind}
+    return {"title": title, "description": " ".join(description.split()), "url": url, "type": kind, "image": image}
 
 
 def _site(settings: Settings) -> dict[str, str]:
@@ -212,5 +230,6 @@ def _site(settings: Settings) -> dict[str, str]:
         "rss": base + "rss.xml",
         "atom": base + "atom.xml",
         "favicon": base + FAVICON,
+        "favicon_ico": base + FAVICON_ICO,
         "calendar": base + "days/",
     }

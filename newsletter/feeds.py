@@ -268,6 +268,8 @@ def site_files(
     files[public / "sitemap.xml"] = archive.sitemap(urls)
     files[public / "robots.txt"] = archive.robots(settings).encode("utf-8")
     files[public / archive.FAVICON] = archive.favicon(settings.paths.templates)
+    for name in (archive.FAVICON_ICO, archive.OG_IMAGE):
+        files[public / name] = archive.web_image(settings.paths.templates, name)
     return files
 
 

@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from newsletter import state, storage, tokens
+from newsletter import archive, state, storage, tokens
 from newsletter.config import Settings
 from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
 from newsletter.mail.wire import wire_data
@@ -549,11 +549,18 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> St
         log.exception("error while serving %s", request.url.path)
         return web.page("message", 500, heading="Something went wrong", text="Please try again in a moment.")
 
+    icon = archive.web_image(settings.paths.templates, archive.FAVICON_ICO)
+
+    async def favicon(request: Request) -> Response:
+        """The site icon at the address browsers ask for first, published or not."""
+        return Response(icon, media_type="image/vnd.microsoft.icon", headers={"Cache-Control": "public, max-age=86400"})
+
     routes = [
         Route("/preferences", web.preferences, methods=["GET", "POST"]),
         Route("/unsubscribe", web.unsubscribe, methods=["GET", "POST"]),
         Route("/subscribe", web.subscribe, methods=["GET", "POST"]),
         Route("/confirm", web.confirm, methods=["GET", "POST"]),
+        Route("/favicon.ico", favicon, methods=["GET", "HEAD"]),
         Mount("/", StaticFiles(directory=str(settings.paths.public), html=True)),
     ]
 

@@ -1,6 +1,7 @@
 """The web archive: a page for every calendar day, the calendar, monthly indexes, and the head of every page."""
 
 import re
+import struct
 from datetime import UTC, date, datetime
 from xml.etree import ElementTree
 
@@ -149,6 +150,38 @@ def test_every_page_has_description_canonical_open_graph_and_twitter_card(public
     assert f'<meta property="og:url" content="{canonical}">' in page
     assert '<meta name="twitter:card" content="summary">' in page
     assert f'<link rel="icon" href="{BASE}favicon.svg" type="image/svg+xml">' in page
+    assert f'<link rel="icon" href="{BASE}favicon.ico" sizes="32x32">' in page  # for browsers without SVG icons
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (after checking the signature)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize("path", ["days/06-25", "days/02-29", "days/12-31"])
+def test_day_pages_have_an_open_graph_image_that_is_published(public, path):
+    page = read(public, path)
+    image = re.search(r'<meta property="og:image" content="([^"]+)">', page).group(1)
+    assert image == BASE + "og-image.png"
+    data = (public / image.removeprefix(BASE)).read_bytes()
+    width, height = png_size(data)
+    assert f'<meta property="og:image:width" content="{width}">' in page
+    assert f'<meta property="og:image:height" content="{height}">' in page
+    assert (width, height) == (1200, 630) and len(data) < 50_000  # the size the big link previews use; small
+    assert re.search(r'<meta property="og:image:alt" content="[^"]{10,}">', page)
+
+
+def test_the_favicon_is_published_as_an_ico_of_png_images(public):
+    data = (public / "favicon.ico").read_bytes()
+    reserved, kind, count = struct.unpack("<HHH", data[:6])
+    assert (reserved, kind) == (0, 1) and count >= 2
+    sizes = []
+    for n in range(count):
+        width, _, _, _, _, _, length, offset = struct.unpack("<BBBBHHII", data[6 + 16 * n : 22 + 16 * n])
+        assert png_size(data[offset : offset + length]) == (width, width)
+        sizes.append(width)
+    assert {16, 32} <= set(sizes)
 
 
 def test_every_page_parses_without_errors_under_a_strict_html5_parser(public):

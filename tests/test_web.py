@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from newsletter import state, storage, subscribers, tokens
+from newsletter.config import bundled
 from newsletter.editions import send_day
 from newsletter.render import list_id
 from tests.conftest import free_port, strict_html, subprocess_env
@@ -199,6 +200,15 @@ def test_bad_input_gets_a_friendly_page(site):
     form = client.get("/subscribe")
     zone = client.post("/subscribe", data={"csrf": csrf_of(form), "email": "z@example.org", "timezone": "Mars/Base"})
     assert zone.status_code == 400 and "time zone" in zone.text
+
+
+def test_the_favicon_is_served_before_anything_is_published(site):
+    response = site[1].get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/vnd.microsoft.icon"
+    assert response.content == (bundled("templates") / "web" / "favicon.ico").read_bytes()
+    assert response.content[:4] == b"\0\0\1\0"  # an ICO file
+    assert site[1].head("/favicon.ico").status_code == 200
 
 
 def test_the_public_folder_is_served(site):
