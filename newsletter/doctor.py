@@ -106,7 +106,8 @@ def templates_check(settings: Settings, today: date) -> Check:
     folder = settings.paths.templates
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), autoescape=True)
     try:
-        names = [name for name in env.list_templates() if name.startswith("web/")]
+        images = (".ico", ".png")  # the site's raster images live beside the web templates
+        names = [name for name in env.list_templates() if name.startswith("web/") and not name.endswith(images)]
         for name in names:
             env.get_template(name)
         conn = storage.connect_readonly(settings)
