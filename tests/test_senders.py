@@ -256,3 +256,17 @@ def test_two_syncs_of_the_subscriber_csv_at_once_keep_every_row_of_the_file(tmp_
     assert state.finish_csv_sync(db, "subscribers.csv", "sig", first) == 1  # only the address not in the file left
     assert state.finish_csv_sync(db, "subscribers.csv", "sig", second) == 0
     assert sorted(row["email"] for row in state.subscriber_rows(db)) == [row[0] for row in rows]
+
+
+def test_processes_apply_to_a_real_send_only(smtp_server, make_sender, tmp_path):
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+
+    make_sender(smtp_server, count=2)
+    config = str(tmp_path / "newsletter.toml")
+    result = CliRunner().invoke(
+        cli, ["--config", config, "send", "--dry-run", "--processes", "2"], env={"NEWSLETTER_SECRET": "s"}
+    )
+    assert result.exit_code == 2 and "only a real send of the edition uses several processes" in result.output
+    assert smtp_server.handler.messages == []
