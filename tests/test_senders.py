@@ -134,7 +134,7 @@ def test_send_processes_exits_3_with_one_line_when_the_relay_is_down(make_sender
     class Nowhere:
         port = free_port()
 
-    make_sender(Nowhere, count=20, smtp="connections = 2\n")
+    make_sender(Nowhere, count=100, smtp="connections = 2\n")  # both processes hold rows: they give up together
     sender = start_send(tmp_path, "--date", DAY.isoformat(), "--processes", "2")
     out, err = sender.communicate(timeout=120)
     assert sender.returncode == 3, err
