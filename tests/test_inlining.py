@@ -1,5 +1,6 @@
 """Inlining: premailer's output, kept on disk so the next render of the same edition does not inline again."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,17 @@ def test_compiled_templates_are_kept_and_a_damaged_one_is_compiled_again(cached_
     layout = templates / "email" / "email.txt"
     layout.write_text(layout.read_text() + "A new last line.\n")
     assert "A new last line." in render(cached_settings).text
+
+
+def test_the_quick_start_dry_run_never_imports_requests(tmp_path):
+    """The README's first command, in a new process: premailer runs, requests (about 40 ms) is never loaded."""
+    code = (
+        "import sys; from newsletter.cli import main; sys.argv = ['newsletter', 'send', '--dry-run']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('premailer', 'requests', 'cryptography') if m in sys.modules), file=sys.stderr)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.stdout.startswith("date: ") and "recipients: 5" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "['premailer']"
+    assert not (tmp_path / "var").exists()
