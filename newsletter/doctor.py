@@ -41,7 +41,7 @@ class Check:
 
 def run_checks(settings: Settings, today: date) -> list[Check]:
     """Every check, in the order an operator would fix them."""
-    checks = [secret_check(settings), base_url_check(settings), postal_address_check(settings)]
+    checks = [secret_check(settings), base_url_check(settings), postal_address_check(settings), database_check(settings)]
     checks += [events_check(settings), templates_check(settings, today), dkim_check(settings)]
     return checks + smtp_checks(settings)
 
@@ -85,6 +85,19 @@ def postal_address_check(settings: Settings) -> Check:
             "not set; CAN-SPAM requires the sender's postal address in every email (newsletter.postal_address)",
         )
     return Check("postal_address", OK, address)
+
+
+def database_check(settings: Settings) -> Check:
+    """Reach the state database read-only (SQLite file or PostgreSQL): which one, how many migrations applied."""
+    try:
+        db = storage.connect_readonly(settings)
+        if db is None:
+            return Check("database", OK, f"{storage.label(settings)}: no state yet; the first send creates it")
+        with db, db.guarded():
+            applied = db.execute("SELECT COUNT(*) FROM migrations").fetchone()[0]
+    except NewsletterError as exc:
+        return Check("database", FAIL, str(exc))
+    return Check("database", OK, f"{db.label} ({db.backend}): {applied} migrations applied")
 
 
 def events_check(settings: Settings) -> Check:

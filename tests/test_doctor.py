@@ -14,8 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from newsletter import storage
 from newsletter.cli import cli
-from newsletter.doctor import run_checks, smtp_checks
+from newsletter.doctor import database_check, run_checks, smtp_checks
+from newsletter.storage import sqlite
 from tests.conftest import RecordingHandler, free_port
 
 TODAY = date(2026, 6, 25)
@@ -110,7 +112,7 @@ def test_a_finished_deployment_passes_every_check_and_gets_its_dkim_record(deplo
     settings = deployment(server.port, 'security = "starttls"\nusername = "mailer"\n', extra=dkim)
     checks = run_checks(settings, TODAY)
     assert verdicts(checks) == {
-        "secret": "ok", "base_url": "ok", "postal_address": "ok", "events": "ok", "templates": "ok",
+        "secret": "ok", "base_url": "ok", "postal_address": "ok", "database": "ok", "events": "ok", "templates": "ok",
         "dkim": "ok", "smtp": "ok", "starttls": "ok", "auth": "ok", "sender": "ok",
     }  # fmt: skip
     public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -123,7 +125,7 @@ def test_a_finished_deployment_passes_every_check_and_gets_its_dkim_record(deplo
     monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", PASSWORD)
     result = CliRunner().invoke(cli, ["--config", str(settings.source), "doctor"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == "10 checks: 0 failed"
+    assert result.stdout.splitlines()[-1] == "11 checks: 0 failed"
 
 
 def test_a_plain_relay_without_auth(deployment, relay):
@@ -148,7 +150,7 @@ def test_a_wrong_password_fails_with_the_servers_reply(deployment, relay, monkey
     monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "wrong")
     result = CliRunner().invoke(cli, ["--config", str(settings.source), "doctor"])
     assert result.exit_code == 1 and "FAIL auth: refused for 'mailer': 535" in result.stdout
-    assert result.stdout.splitlines()[-1] == "9 checks: 1 failed"
+    assert result.stdout.splitlines()[-1] == "10 checks: 1 failed"
 
 
 def test_a_relay_that_wants_auth_when_none_is_configured(deployment, relay):
@@ -204,3 +206,23 @@ def test_a_broken_template_names_its_file_and_line(make_settings, tmp_path, rela
     settings = make_settings(f'[paths]\ntemplates = "{templates}"\nstate = "{tmp_path / "var"}"\n')
     checks = run_checks(settings, TODAY)
     assert line(checks, "templates").startswith(f"FAIL templates: {templates / 'web' / 'index.html'}:1:")
+
+
+def test_the_database_check_names_the_state_database_and_changes_nothing(make_settings, tmp_path):
+    settings = make_settings(state=tmp_path / "var")
+    assert str(database_check(settings)) == f"ok   database: {tmp_path / 'var' / 'newsletter.sqlite3'}: no state yet; the first send creates it"
+    assert not (tmp_path / "var").exists()
+    storage.connect(settings).close()
+    assert str(database_check(settings)) == (
+        f"ok   database: {tmp_path / 'var' / 'newsletter.sqlite3'} (sqlite): {len(sqlite.MIGRATIONS)} migrations applied"
+    )
+
+
+def test_the_database_check_reaches_postgresql_and_fails_in_one_line_when_it_cannot(make_settings, pg_server):
+    url = pg_server.fresh_database("doctor_check")
+    storage.connect(make_settings(env={"NEWSLETTER_DATABASE_URL": url})).close()
+    check = database_check(make_settings(env={"NEWSLETTER_DATABASE_URL": url}))
+    assert str(check) == f"ok   database: {url} (postgresql): {len(sqlite.MIGRATIONS)} migrations applied"
+    missing = pg_server.url("no_such_database")
+    check = database_check(make_settings(env={"NEWSLETTER_DATABASE_URL": missing}))
+    assert check.status == "FAIL" and check.detail.startswith(f"{missing}: the database does not exist")
