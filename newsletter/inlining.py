@@ -46,7 +46,7 @@ CACHE_FOLDER = Path("cache") / "inline"  # under paths.state
 CACHE_KEEP = 64  # entries kept; the oldest go when a new one is written
 TEMPLATES_FOLDER = Path("cache") / "templates"  # under paths.state: Jinja2's compiled templates
 STYLES_FILE = "styles.json"  # in the cache folder: premailer's parse of our stylesheets
-STYLES_LIMIT = 2000  # declaration lists kept; past it the file starts afresh
+STYLES_LIMIT = 2000  # declaration lists kept (and a 100th as many stylesheets); past it the file starts afresh
 LIBRARIES = ("premailer", "cssutils", "cssselect", "lxml")  # whose versions can change the output
 
 
@@ -178,8 +178,8 @@ class Styles:
         """Write the file atomically when this run learnt something; give up quietly on any error."""
         if not self.changed:
             return
-        if len(self.pairs) > STYLES_LIMIT:
-            self.pairs = {}
+        if len(self.pairs) > STYLES_LIMIT or len(self.rules) > STYLES_LIMIT // 100:
+            self.rules, self.pairs = {}, {}  # edited stylesheets pile up: start afresh (the next run relearns)
         pairs = [[text, validate, value] for (text, validate), value in self.pairs.items()]
         data = json.dumps({"stamp": _sha(_code_stamp()), "rules": self.rules, "pairs": pairs})
         try:

@@ -197,3 +197,10 @@ def test_the_quick_start_dry_run_never_imports_requests(tmp_path):
     assert result.stdout.startswith("date: ") and "recipients: 5" in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "['premailer']"
     assert not (tmp_path / "var").exists()
+
+
+def test_styles_of_many_edited_stylesheets_start_afresh(tmp_path):
+    many = inlining.Styles({f"0:{n}": ([], []) for n in range(inlining.STYLES_LIMIT // 100 + 1)})
+    many.changed = True
+    many.save(tmp_path / "styles.json")
+    assert inlining.Styles.load(tmp_path / "styles.json").rules == {}
