@@ -29,7 +29,7 @@ from aiosmtpd.smtp import Envelope
 from newsletter.config import Settings, load_settings
 from tests.pgserver import PostgresServer, running_server
 
-BOTH_BACKENDS = {"test_delivery", "test_web", "test_web_preferences"}
+BOTH_BACKENDS = {"test_delivery", "test_retention", "test_web", "test_web_preferences"}
 
 SECTION_TEXT = (
     "The {n} paragraph tells the story in plain words, with enough detail to be worth reading "
