@@ -205,6 +205,13 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
     one = figures[1]["rate"]
     print(f"      ({how}; each run plans, then sends; the list was synced beforehand)")
+    wire = ceiling(count, port)
+    line(
+        f"{backend}: the wire's limit for 2 processes",
+        f"2 raw senders {wire[2]:.0f} msg/s = {wire[2] / one:.2f}x of our 1 process",
+        "if < 1.6x, the 2-process target is beyond this machine",
+        None,
+    )
     for processes in (2, 4):
         ratio = figures[processes]["rate"] / one
         target = 1.6 if processes == 2 else None
@@ -214,6 +221,34 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int) -> None:
             f"1 process {one:.0f} msg/s; " + ("target >= 1.6x" if target else "no target (2 cores)"),
             ratio >= target if target else None,
         )
+
+
+def ceiling(count: int, port: int) -> dict[int, float]:
+    """The wire's limit on this machine: 1 and 2 processes of bench_engine's raw pipelined sender (4 connections each).
+
+    Two raw senders at once show what the sink and the two cores allow for 8 connections: if
+    they reach less than 1.6x of one of our senders, the 2-process target is beyond the wire here.
+    """
+    script = Path(__file__).with_name("bench_engine.py")
+    rates: dict[int, float] = {}
+    for processes in (1, 2):
+        share = count // processes
+        started = time.perf_counter()
+        children = [
+            subprocess.Popen(
+                [sys.executable, str(script), "--child", "raw", str(port), str(share), "plain"],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )  # fmt: skip
+            for _ in range(processes)
+        ]
+        for proc in children:
+            proc.communicate()
+        rates[processes] = share * processes / (time.perf_counter() - started)
+        print(f"      raw pipelined sender, {processes} process{'es' if processes > 1 else ''} x 4 connections: "
+              f"{rates[processes]:.0f} msg/s (one pre-built message: the wire's limit)", flush=True)  # fmt: skip
+    return rates
 
 
 # --- 2. a million subscribers ----------------------------------------------------------------
