@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from email.message import Message
 from pathlib import Path
+from typing import cast
 
 from newsletter import state
 from newsletter.ledger import DatabaseLedger
@@ -54,7 +55,8 @@ def _status_fields(message: Message) -> list[Message]:
     for part in _parts(message, "message/delivery-status"):
         payload = part.get_payload()
         if isinstance(payload, list) and len(payload) > 1:
-            return payload[1:]  # the first group is per-message
+            # typeshed types a multipart payload as list[Message | str]; the parser puts only Messages there
+            return cast(list[Message], payload[1:])  # the first group is per-message
     return []
 
 
@@ -64,7 +66,8 @@ def _original(message: Message) -> Message | None:
         for part in _parts(message, kind):
             payload = part.get_payload()
             if isinstance(payload, list):
-                return payload[0] if payload else None
+                # typeshed: list[Message | str]; a parsed multipart payload holds only Messages
+                return cast(Message, payload[0]) if payload else None
             return email.message_from_string(str(payload))
     return None
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -93,13 +93,17 @@ class NewsletterGroup(click.Group):
 
 def _click_error(exc: NewsletterError) -> click.ClickException:
     error = click.ClickException(str(exc))
-    error.exit_code = exc.exit_code
+    # click declares exit_code a ClassVar, yet an instance's own value is what it exits with: its annotation is too strict
+    cast(Any, error).exit_code = exc.exit_code
     return error
 
 
 def _settings(ctx: click.Context) -> config.Settings | None:
+    found = ctx.find_object(Context)
+    if found is None:
+        return None
     try:
-        return ctx.find_object(Context).settings
+        return found.settings
     except (AttributeError, NewsletterError):
         return None
 

@@ -364,7 +364,7 @@ class _KeyLines:
     """Find the line of a front-matter key, for messages."""
 
     def __init__(self, front_lines: list[str]) -> None:
-        self._lines = {}
+        self._lines: dict[str, int] = {}
         for number, line in enumerate(front_lines, start=2):
             match = re.match(r"([A-Za-z_][\w-]*)\s*:", line)
             if match:
@@ -483,9 +483,9 @@ def _parse_sections(body: list[str], start: int, report: _Report) -> tuple[Secti
     """Split the body at '## ' headings."""
     sections: list[tuple[str, int, list[str]]] = []
     for number, line in enumerate(body, start=start):
-        heading = re.match(r"##\s+(.*?)\s*#*\s*$", line)
-        if heading and not line.startswith("###"):
-            sections.append((heading.group(1), number, []))
+        found = re.match(r"##\s+(.*?)\s*#*\s*$", line)
+        if found and not line.startswith("###"):
+            sections.append((found.group(1), number, []))
         elif sections:
             sections[-1][2].append(line)
         elif line.strip():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
@@ -164,7 +164,7 @@ class DatabaseLedger:
                 rows = []
         return added + self._insert(rows)
 
-    def _insert(self, rows: list[tuple[str, ...]], statement: str = INSERT_EDITION_ROWS) -> int:
+    def _insert(self, rows: Sequence[tuple[str, ...]], statement: str = INSERT_EDITION_ROWS) -> int:
         """Insert ledger rows in one transaction, ignoring those already there; return how many were new."""
         if not rows:
             return 0

@@ -22,6 +22,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, formataddr
 from html import escape
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urljoin
 
 import jinja2
@@ -276,7 +277,9 @@ def render_digest(
     week = first.date_label if len(editions) == 1 else f"{first.date_label} to {latest.date_label}"
     subject = clean_line(f"{settings.newsletter.title}: your week, {week}")
     env = _environment(settings.paths.templates, settings.paths.state)
-    items = [{"date_label": e.date_label, "event": e.event, "url": archive_url(settings, e.day)} for e in editions[:-1]]
+    items: list[dict[str, Any]] = [
+        {"date_label": e.date_label, "event": e.event, "url": archive_url(settings, e.day)} for e in editions[:-1]
+    ]
     context = {**_context(latest, settings, subject), "week_label": week, "items": items}
     html = env.get_template("email/digest.html").render(context)
     text_context = _text_context(latest, context)

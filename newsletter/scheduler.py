@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import schedule
@@ -271,7 +272,8 @@ def run_daemon(
         if on_beat:
             on_beat(beat)
 
-    scheduler.every(heartbeat).seconds.do(job)
+    # schedule annotates every(interval: int), but a float works (it becomes a timedelta): a stub too narrow
+    scheduler.every(cast(int, heartbeat)).seconds.do(job)
     log.info("started: send_time %s, heartbeat every %g s", daily.settings.newsletter.send_time, heartbeat)
     job()
     while not daily.stop.is_set():

@@ -8,7 +8,7 @@ once for both, see ``newsletter.storage``). Tables are created by the named migr
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 
 from newsletter.storage import Database, Row, utcnow_text
@@ -236,7 +236,7 @@ def csv_signature(conn: Database, path: str) -> str:
     return row[0] if row else ""
 
 
-def upsert_csv_rows(conn: Database, rows: list[tuple[str, ...]], stamp: str) -> None:
+def upsert_csv_rows(conn: Database, rows: Sequence[tuple[str, ...]], stamp: str) -> None:
     """Add or refresh rows of the CSV file: (address, name, timezone, frequency, weekday) each."""
     now = utcnow_text()
     conn.executemany(

@@ -270,7 +270,7 @@ def _csv_merged(rows: Iterable[Subscriber], conn: Database | None) -> Iterator[t
     """The CSV's rows, each replaced by the list's row where the list rules it (web, CLI, import, or edited)."""
     for chunk in _chunks(rows, 500):
         ruled = state.rows_ruled_by_list(conn, sorted({s.key for s in chunk})) if conn else []
-        found = state.subscriber_rows_for(conn, ruled) if ruled else {}
+        found = state.subscriber_rows_for(conn, ruled) if conn and ruled else {}
         for subscriber in chunk:
             row = found.get(subscriber.key)
             yield (subscriber if row is None else subscriber_of(row)), 1

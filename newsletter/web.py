@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
+from typing import cast
 from urllib.parse import quote, urljoin
 
 import jinja2
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from newsletter import archive, state, storage, tokens
 from newsletter.config import Settings
@@ -567,10 +568,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> St
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return web.error_page(exc.status_code, str(exc.detail))
 
+    # Starlette calls these two only with an HTTPException, but its ExceptionHandler type takes any Exception
+    http_only, http_errors = cast(ExceptionHandler, not_found), cast(ExceptionHandler, http_error)
+
     return Starlette(
         routes=routes,
         middleware=[Middleware(Guard, web=web)],
-        exception_handlers={404: not_found, 405: not_found, 500: server_error, HTTPException: http_error},
+        exception_handlers={404: http_only, 405: http_only, 500: server_error, HTTPException: http_errors},
     )
 
 

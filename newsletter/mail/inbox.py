@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
+from typing import cast
 
 from newsletter import bounces, state
 from newsletter.bounces import Outcome
@@ -227,7 +228,8 @@ def _feedback_fields(message: Message) -> Message:
         if part.get_content_type() == "message/feedback-report":
             payload = part.get_payload()
             if isinstance(payload, list) and payload:
-                return payload[0]
+                # typeshed: list[Message | str]; a parsed multipart payload holds only Messages
+                return cast(Message, payload[0])
             return email.message_from_string(str(payload), policy=email.policy.compat32)
     return Message()
 

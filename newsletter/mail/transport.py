@@ -147,6 +147,11 @@ class Connection:
             self.server = None
 
 
+def _host(server: smtplib.SMTP) -> str:
+    """The host the connection was opened to, for messages (smtplib keeps it as ``_host``; typeshed omits it)."""
+    return str(getattr(server, "_host", ""))
+
+
 def transaction(
     server: smtplib.SMTP, sender: str, recipient: str, wire: bytes, before_data: Callable[[], None] | None = None
 ) -> str:
@@ -164,7 +169,7 @@ def transaction(
         if not server.has_extn("smtputf8"):
             raise Unsendable(
                 f"not sent: {recipient} has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531); "
-                f"the server {server._host} does not offer it"
+                f"the server {_host(server)} does not offer it"
             )
         options += " SMTPUTF8"
     # both addresses were validated (config, CSV, web form), domains in A-labels: no quoting needed

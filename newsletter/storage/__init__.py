@@ -56,7 +56,8 @@ class Row(Protocol):
 class Cursor(Protocol):
     """What ``Database.execute`` returns: rows to fetch or iterate, and how many rows a write changed."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...  # read-only: sqlite3's and psycopg's cursors set it themselves
 
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...

@@ -19,7 +19,7 @@ import contextlib
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 from newsletter.config import masked_url
 from newsletter.errors import StorageError
@@ -276,7 +276,7 @@ class PostgresDatabase(Database):
 
     backend = "postgresql"
     rowid = "id"
-    errors: tuple[type[BaseException], ...] = (psycopg.Error,) if psycopg is not None else ()
+    errors: ClassVar[tuple[type[BaseException], ...]] = (psycopg.Error,) if psycopg is not None else ()
 
     def __init__(self, conn: Any, url: str) -> None:
         super().__init__(masked_url(url))
@@ -325,7 +325,7 @@ def _open(url: str, *, readonly: bool = False) -> PostgresDatabase:
             row_factory=_row_factory,
             connect_timeout=CONNECT_TIMEOUT,
             application_name="newsletter",
-            **({"options": options} if options else {}),
+            options=options,  # psycopg leaves out a parameter that is None
         )
     except psycopg.Error as exc:
         raise storage_error(exc, masked_url(url)) from exc
