@@ -108,12 +108,8 @@ def send_day(
     conn = storage.connect(settings)
     try:
         with conn.guarded():
-            retention.refuse_folded(conn, day)
-            if retry_failed and day not in state.recorded_editions(conn):
-                raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
+            rendered, result = _prepare(settings, day, conn, retry_failed=retry_failed, now=now)
             ledger = DatabaseLedger(conn)
-            rendered = render_edition(edition_for(day, settings, conn), settings, now=now)
-            result = SendResult(day)
             if plan and not retry_failed:
                 _plan(settings, day, conn, rendered, select, result)
             counts = ledger.counts(day)
@@ -150,16 +146,22 @@ def plan_day(settings: Settings, day: date, *, retry_failed: bool = False, now: 
     conn = storage.connect(settings)
     try:
         with conn.guarded():
-            retention.refuse_folded(conn, day)
-            if retry_failed and day not in state.recorded_editions(conn):
-                raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
-            rendered = render_edition(edition_for(day, settings, conn), settings, now=now)
-            result = SendResult(day)
+            rendered, result = _prepare(settings, day, conn, retry_failed=retry_failed, now=now)
             if not retry_failed:
                 _plan(settings, day, conn, rendered, None, result)
             return result
     finally:
         conn.close()
+
+
+def _prepare(
+    settings: Settings, day: date, conn: Database, *, retry_failed: bool, now: datetime | None
+) -> tuple[RenderedEdition, SendResult]:
+    """Refuse a folded date (or a retry of a date never sent), then record and render its edition."""
+    retention.refuse_folded(conn, day)
+    if retry_failed and day not in state.recorded_editions(conn):
+        raise DeliveryError(f"no edition of {day.isoformat()} has been sent yet; nothing to retry")
+    return render_edition(edition_for(day, settings, conn), settings, now=now), SendResult(day)
 
 
 def _plan(
