@@ -16,6 +16,7 @@ from newsletter.ledger import DatabaseLedger, DigestLedger
 from newsletter.scheduler import Daily
 from newsletter.status import edition_detail, overview
 from newsletter.subscribers import Subscriber
+from tests import test_status
 from tests.test_bounces import dsn
 
 OLD, RECENT = date(2026, 6, 24), date(2026, 6, 25)
@@ -23,19 +24,13 @@ TODAY = date(2026, 7, 9)  # with keep_days 14 the first date kept whole is June 
 NOW = datetime(2026, 7, 9, 12, 0, tzinfo=UTC)
 
 
+four_readers = test_status.four_readers  # the fixture: four readers, one bounced, one deferred
+
+
 @pytest.fixture
-def sent(make_settings, event_folder, tmp_path, smtp_server, monkeypatch):
+def sent(four_readers, monkeypatch):
     """Two editions to four readers (delivered, bounced, failed), seven test copies, two suppressions."""
-    csv = tmp_path / "subscribers.csv"
-    csv.write_text(
-        "email,name,timezone\nada@example.com,Ada,Europe/London\nbob@example.com,Bob,\n"
-        "carol@example.com,Carol,\ndan@example.com,Dan,America/New_York\n",
-        encoding="utf-8",
-    )
-    toml = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\nmax_attempts = 1\n'
-    settings = make_settings(toml, events=event_folder, state=tmp_path / "var", public=tmp_path / "p", subscribers=csv)
-    smtp_server.handler.reject["bob@example.com"] = "550 5.1.1 no such user"
-    smtp_server.handler.reject["carol@example.com"] = "452 4.2.2 mailbox full"
+    settings = four_readers
     send_day(settings, OLD)
     send_test_copy(settings, OLD, "me0@example.org")
     conn = storage.connect(settings)

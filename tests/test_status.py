@@ -15,8 +15,8 @@ DAY = date(2026, 6, 24)
 
 
 @pytest.fixture
-def sent(make_settings, event_folder, tmp_path, smtp_server, monkeypatch):
-    """An edition sent to four readers: two delivered, one bounced, one failed; a test copy; two suppressions."""
+def four_readers(make_settings, event_folder, tmp_path, smtp_server):
+    """Settings that mail Ada, Bob, Carol and Dan through the test server, which bounces Bob (550) and defers Carol (452)."""
     csv = tmp_path / "subscribers.csv"
     csv.write_text(
         "email,name,timezone\nada@example.com,Ada,Europe/London\nbob@example.com,Bob,\n"
@@ -27,6 +27,13 @@ def sent(make_settings, event_folder, tmp_path, smtp_server, monkeypatch):
     settings = make_settings(toml, events=event_folder, state=tmp_path / "var", public=tmp_path / "p", subscribers=csv)
     smtp_server.handler.reject["bob@example.com"] = "550 5.1.1 no such user"
     smtp_server.handler.reject["carol@example.com"] = "452 4.2.2 mailbox full"
+    return settings
+
+
+@pytest.fixture
+def sent(four_readers, monkeypatch):
+    """An edition sent to four readers: two delivered, one bounced, one failed; a test copy; two suppressions."""
+    settings = four_readers
     send_day(settings, DAY)
     send_test_copy(settings, DAY, "me@example.org")
     conn = storage.connect(settings)
