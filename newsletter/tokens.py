@@ -27,7 +27,7 @@ NO_ID = "0" * 32  # stands for "no subscriber" (a sample or a test copy to an ad
 
 def _link_mac(secret: str, purpose: str, list_id: str, link_id: str) -> str:
     message = "\0".join(("link", purpose, list_id, link_id)).encode("utf-8")
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(secret.encode("utf-8"), message, "sha256").hex()[:32]  # one call into OpenSSL
 
 
 def make_link_token(secret: str, list_id: str, link_id: str, purpose: str) -> str:

@@ -416,13 +416,13 @@ def rendered(settings):
     return render_edition(select_edition(DAY, load_events(settings.paths.events)), settings)
 
 
-NAMES = ["", "Ada", ".dot first", "Zoë Ünïcode", 'Quote "me"', "line\r\nbreak", ". . .", "tab\there"]
+NAMES = ["", "Ada", ".dot first", "Zoë Ünïcode", 'Quote "me"', "line\r\nbreak", ". . .", "tab\there", "100% %s Ada", "O'Brien, J."]
 
 
 def test_wire_data_per_subscriber_is_stuffed_once_per_edition_and_exact(rendered):
-    dotted = dataclasses.replace(rendered, segments=(*rendered.segments[:-1], b"\r\n.dotted" + rendered.segments[-1]))
+    dotted = dataclasses.replace(rendered, segments=(*rendered.segments[:-1], b"\r\n.dotted 100%s %%" + rendered.segments[-1]))
     wire = Wire(dotted)
-    assert wire.segments is not None  # our templates allow the fast path
+    assert wire.template is not None  # our templates allow the fast path
     assert b"\r\n..dotted" in wire.data_for(Subscriber("a@example.com", "A"))
     for i, name in enumerate(NAMES):
         subscriber = Subscriber(f"r{i}@example.com", name)
@@ -434,7 +434,7 @@ def test_a_placeholder_at_a_line_start_or_dkim_falls_back_to_stuffing_each_messa
     signed = dataclasses.replace(rendered, sign=lambda message: b"DKIM-Signature: x\r\n" + message)
     for variant in (at_line_start, signed):
         wire = Wire(variant)
-        assert wire.segments is None
+        assert wire.template is None
         assert wire.data_for(Subscriber("a@example.com", ".x")) == wire_data(
             variant.message_for(Subscriber("a@example.com", ".x"))
         )

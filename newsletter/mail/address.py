@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import formataddr
 from functools import lru_cache
 
@@ -36,8 +37,15 @@ def header_address(name: str, address: str) -> bytes:
     An address with a non-ASCII local part goes as UTF-8 (RFC 6532): only over SMTPUTF8.
     """
     if address.isascii():
+        if not name:
+            return address.encode("ascii")
+        if name.isascii() and not _SPECIALS.search(name):  # what formataddr leaves as it is
+            return f"{name} <{address}>".encode("ascii")
         return formataddr((name, address), charset="utf-8").encode("ascii", "surrogateescape")
     if not name:
         return address.encode("utf-8")
     shown = formataddr((name, "a@b"), charset="utf-8").removesuffix("<a@b>")
     return shown.encode("ascii", "surrogateescape") + b"<" + address.encode("utf-8") + b">"
+
+
+_SPECIALS = re.compile(r'[][\\()<>@,:;".\x00-\x1f\x7f]')  # email.utils' specials, and controls: formataddr decides

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from newsletter.render import RenderedEdition, join_segments
+from newsletter.render import RenderedEdition
 from newsletter.subscribers import Subscriber
 
 
@@ -46,14 +46,16 @@ class Wire:
             and all(crlf_only(s) for s in segments)
             and segments[-1].endswith(b"\r\n")
         )
-        self.segments: tuple[bytes, ...] | None = None
+        self.template: bytes | None = None  # the stuffed segments joined by %s: one C call fills in the values
         if safe:
             stuffed = [s.replace(b"\r\n.", b"\r\n..") for s in segments]
             stuffed[-1] += b".\r\n"
-            self.segments = tuple(stuffed)
+            self.template = b"%s".join(s.replace(b"%", b"%%") for s in stuffed)
+        self.slots = rendered.slots
 
     def data_for(self, subscriber: Subscriber, message_id: str = "") -> bytes:
         """The message for one subscriber, dot-stuffed and ended with CRLF.CRLF."""
-        if self.segments is None:
+        if self.template is None:
             return wire_data(self.rendered.message_for(subscriber, message_id))
-        return join_segments(self.segments, self.rendered.slots, self.rendered.values_for(subscriber, message_id))
+        values = self.rendered.values_for(subscriber, message_id)
+        return self.template % tuple([values[slot] for slot in self.slots])
