@@ -106,6 +106,7 @@ RECORD_OUTCOME = (
     "UPDATE deliveries SET status = ?, last_reply = ?, attempts = attempts + 1, updated_at = ?, "
     "lease_owner = '', lease_until = 0 WHERE day = ? AND email = ?"
 )  # a final outcome (or 'failed', for a later run) gives the row up
+RECORD_DELIVERED = RECORD_OUTCOME + " AND status IN ('pending', 'failed')"  # applied twice (a replayed journal): no change
 RECORD_RETRY = (
     "UPDATE deliveries SET status = 'pending', last_reply = ?, attempts = attempts + 1, updated_at = ? "
     "WHERE day = ? AND email = ?"
@@ -252,13 +253,13 @@ class DatabaseLedger:
         self._update(day, email, "failed", reply)
 
     def mark_delivered_many(self, day: date, accepted: list[tuple[str, str]]) -> None:
-        """Record several acceptances (address, reply) in one transaction."""
+        """Record several acceptances (address, reply) in one transaction; rows already final stay as they are."""
         if not accepted:
             return
         now, when = utcnow_text(), day.isoformat()
         rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
         with self._lock, self.conn.transaction():
-            self.conn.executemany(RECORD_OUTCOME, rows)
+            self.conn.executemany(RECORD_DELIVERED, rows)
 
     def bounce(self, day: date, email: str, reply: str) -> None:
         """Record a permanent rejection and suppress the address, in one transaction."""

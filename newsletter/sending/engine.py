@@ -36,6 +36,8 @@ from newsletter.ledger import Due, Ledger
 from newsletter.mail.transport import Abort, CannotConnect, Connection, Dropped, Permanent, Temporary, Unsendable
 from newsletter.mail.wire import Wire
 from newsletter.render import RenderedEdition
+from newsletter.sending import journal
+from newsletter.sending.journal import Journal
 from newsletter.sending.throttle import Throttle, account
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,8 @@ class Claims:
         self.only_failed, self.clock = only_failed, clock
         self.owner = owner_id()
         self.after: str | None = ""  # the first pass's position (a lower-case address); None once it is done
+        self.journals = journal.folder_of(ledger.conn)  # SQLite: the senders' journals, replayed before a claim
+        self.on_wait: Callable[[], None] = lambda: None  # before waiting for other senders: record what this one holds
 
     def next_batch(self) -> list[Due] | None:
         """Claim the next rows for this sender: a batch, [] to ask again later, or None when all is done."""
@@ -134,9 +138,17 @@ class Claims:
             self.ledger.release(self.day, holder)
         if gone:
             return self._claim(now, None)
-        return [] if holders else None
+        if holders:
+            self.on_wait()  # others may be waiting for this sender's rows too: record them first
+            return []
+        return None
 
     def _claim(self, now: float, after: str | None) -> list[Due]:
+        if self.journals is not None:  # what a killed sender recorded reaches the ledger before its rows are taken
+            try:
+                journal.replay(self.journals, self.ledger)
+            except OSError as exc:
+                raise Abort(f"cannot read the senders' journals in {self.journals}: {exc.strerror or exc}") from None
         return self.ledger.claim(
             self.day, self.owner, now=now, until=now + self.lease, limit=self.batch, after=after,
             only_failed=self.only_failed,
@@ -156,6 +168,9 @@ def owner_id() -> str:
     return f"{machine()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+_RUNNING: set[str] = set()  # the owners of this process's runs still going: an earlier run's owner is gone
+
+
 def machine() -> str:
     """This machine as leases name it: the host name and (on Linux) the process-id namespace, where pids mean something."""
     try:
@@ -166,10 +181,12 @@ def machine() -> str:
 
 
 def alive(owner: str) -> bool:
-    """False only for a sender of this machine whose process is gone; a sender elsewhere counts as alive."""
+    """False only for a sender of this machine whose process (or, in this process, whose run) is over; one elsewhere counts as alive."""
     host, _, rest = owner.rpartition(":")[0].rpartition(":")
     if host != machine() or not rest.isdigit():
         return True
+    if int(rest) == os.getpid():
+        return owner in _RUNNING
     try:
         os.kill(int(rest), 0)
     except ProcessLookupError:
@@ -285,16 +302,18 @@ class Relay:
 
 
 class Acceptances:
-    """Acceptances not yet in the ledger, shared by the connections: one transaction records all that are held.
+    """Acceptances not yet recorded, shared by the connections: one write records all that are held.
 
     A connection adds its acceptance and, before the next message's content goes out or it
-    waits for anything, makes sure that acceptance is committed; whichever connection commits
+    waits for anything, makes sure that acceptance is recorded; whichever connection records
     first takes every acceptance held (a group commit). So at most one message per
-    connection is ever sent but not yet recorded.
+    connection is ever sent but not yet recorded. Recorded means committed to the ledger or,
+    on SQLite, appended to this sender's journal, which moves into the ledger in batches
+    (``journal``).
     """
 
-    def __init__(self, ledger: Ledger, day: date) -> None:
-        self.ledger, self.day = ledger, day
+    def __init__(self, ledger: Ledger, day: date, journal: Journal | None = None) -> None:
+        self.ledger, self.day, self.journal = ledger, day, journal
         self.held: list[tuple[str, str]] = []
         self.added = 0
         self.committed = 0
@@ -309,7 +328,7 @@ class Acceptances:
             return self.added
 
     def ensure(self, ticket: int) -> None:
-        """Return once the acceptance of ``ticket`` is committed; raise Abort if the ledger cannot record it."""
+        """Return once the acceptance of ``ticket`` is recorded; raise Abort if it cannot be."""
         if self.committed >= ticket:
             return
         with self.commit:
@@ -317,11 +336,56 @@ class Acceptances:
                 return
             with self.hold:
                 batch, self.held, upto = self.held, [], self.added
-            try:
-                self.ledger.mark_delivered_many(self.day, batch)
-            except self.ledger.errors as exc:
-                raise Abort(f"cannot record deliveries in the ledger: {self.ledger.error(exc)}") from None
+            if self.journal is None:
+                self._record(batch)
+            else:
+                self._journal(batch)
             self.committed = upto
+
+    def flush(self) -> None:
+        """Record what is held and move the journal into the ledger (the rows leave this sender's leases); raise Abort if that fails."""
+        with self.commit:
+            with self.hold:
+                batch, self.held, upto = self.held, [], self.added
+            if self.journal is None:
+                self._record(batch)
+            else:
+                if batch:
+                    self._journal(batch)
+                self._flush()
+            self.committed = upto
+
+    def finish(self) -> None:
+        """The run ends: ``flush``, then close the journal (if the flush fails, it stays for a replay)."""
+        try:
+            self.flush()
+        finally:
+            if self.journal is not None:
+                self.journal.close()
+
+    def _record(self, batch: list[tuple[str, str]]) -> None:
+        try:
+            self.ledger.mark_delivered_many(self.day, batch)
+        except self.ledger.errors as exc:
+            raise Abort(f"cannot record deliveries in the ledger: {self.ledger.error(exc)}") from None
+
+    def _journal(self, batch: list[tuple[str, str]]) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.append(self.day, batch)
+        except OSError as exc:
+            raise Abort(f"cannot record deliveries in {self.journal.path}: {exc.strerror or exc}") from None
+        if self.journal.due():
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.flush(self.ledger)
+        except self.ledger.errors as exc:
+            raise Abort(f"cannot record deliveries in the ledger: {self.ledger.error(exc)}") from None
+        except OSError as exc:
+            raise Abort(f"cannot record deliveries in {self.journal.path}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -394,7 +458,7 @@ def send_edition(
         WorkQueue(claims.next_batch, stop, poll=min(1.0, lease / 5)),
         Relay(settings),
         Throttle(ledger.conn, account(settings.smtp), settings.smtp.rate_limit, settings.smtp.max_per_hour),
-        Acceptances(ledger, day),
+        Acceptances(ledger, day, _journal_of(ledger, claims.owner)),
         stop, progress, result, Wire(rendered),
     )  # fmt: skip
     workers = [
@@ -402,6 +466,8 @@ def send_edition(
         for i in range(settings.smtp.connections)
     ]
     done = threading.Event()
+    claims.on_wait = run.accepted.flush
+    _RUNNING.add(claims.owner)
     heartbeat = threading.Thread(target=_heartbeat, args=(claims, lease / 3, done), name="lease", daemon=True)
     started = time.perf_counter()
     heartbeat.start()
@@ -413,7 +479,9 @@ def send_edition(
     finally:
         done.set()
         heartbeat.join()
-        _release(run, claims)
+        if _finish(run):
+            _release(run, claims)
+        _RUNNING.discard(claims.owner)
     result.duration = time.perf_counter() - started
     result.interrupted = stop.is_set() and run.abort is None
     if run.abort:
@@ -422,6 +490,25 @@ def send_edition(
             raise RelayDown(f"{run.abort}; {left}: the next run tries again")
         raise DeliveryError(f"{run.abort}; {left} (re-run send)")
     return result
+
+
+def _journal_of(ledger: Ledger, owner: str) -> Journal | None:
+    folder = journal.folder_of(ledger.conn)
+    return Journal(folder, owner) if folder is not None else None
+
+
+def _finish(run: Run) -> bool:
+    """Move every acceptance into the ledger; False (the run stops, the rows stay leased) if that fails.
+
+    Only then may the rows still held be given back: a journal not yet moved would let
+    another sender take rows it already records as delivered.
+    """
+    try:
+        run.accepted.finish()
+    except Abort as exc:
+        run.halt(str(exc))
+        return False
+    return True
 
 
 def _heartbeat(claims: Claims, every: float, done: threading.Event) -> None:
@@ -452,6 +539,8 @@ def _worker(run: Run) -> None:
             _deliver(run, connection, work, ticket)
     except run.ledger.errors as exc:
         run.halt(str(run.ledger.error(exc)))
+    except Abort as exc:  # recording before a wait failed
+        run.halt(str(exc))
     except Exception as exc:
         log.debug("sending thread failed", exc_info=True)
         run.halt(f"unexpected error while sending ({type(exc).__name__}: {exc})")
