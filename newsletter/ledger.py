@@ -78,22 +78,42 @@ INSERT_DIGEST_ROWS = (
     "INSERT INTO deliveries (day, email, address, name, timezone, message_id, updated_at, "
     "kind, digest_from) VALUES (?, ?, ?, ?, ?, ?, ?, 'digest', ?) ON CONFLICT DO NOTHING"
 )
+# PostgreSQL: a batch of planned rows in one statement, each column as one array (in the batch's order,
+# which the row ids keep), where executemany runs one INSERT per row.
+_UNNEST = "unnest({}) WITH ORDINALITY AS r({}, n)"
+INSERT_ROWS_PG = {
+    INSERT_EDITION_ROWS: (
+        "INSERT INTO deliveries (day, email, address, name, timezone, message_id, updated_at) "
+        f"SELECT d, e, a, m, z, i, u FROM {_UNNEST.format(', '.join(['?::text[]'] * 7), 'd, e, a, m, z, i, u')} "
+        "ORDER BY n ON CONFLICT DO NOTHING"
+    ),
+    INSERT_DIGEST_ROWS: (
+        "INSERT INTO deliveries (day, email, address, name, timezone, message_id, updated_at, kind, digest_from) "
+        f"SELECT d, e, a, m, z, i, u, 'digest', f FROM {_UNNEST.format(', '.join(['?::text[]'] * 8), 'd, e, a, m, z, i, u, f')} "
+        "ORDER BY n ON CONFLICT DO NOTHING"
+    ),
+}
 
 # A claim: the next due rows of the edition with no live lease, taken for an owner in one statement
 # (inside a write transaction; PostgreSQL skips the rows another claim has locked). ``{where}`` is
 # "d.email > ?" (the sender's first pass, walking the primary key) or "d.lease_owner != ''" (rows
 # whose sender died or gave them back). The rows are picked once, in a materialized CTE (an
 # ``IN (SELECT ... LIMIT ... FOR UPDATE SKIP LOCKED)`` may be evaluated again by PostgreSQL and
-# take more than the limit). RETURNING carries the reader's public id for the links.
+# take more than the limit). RETURNING carries the reader's public id for the links. ``{picked}``
+# is how the UPDATE finds the picked rows: see CLAIM_PICKED.
 CLAIM_ROWS = (
     "WITH picked AS MATERIALIZED (SELECT d.email FROM deliveries d WHERE d.day = ? AND d.status IN ({statuses}) "
     "AND {scope} AND {where} AND d.lease_until < ? "
     "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) ORDER BY d.email LIMIT ?{lock}) "
-    "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE day = ? AND email IN (SELECT email FROM picked) "
+    "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE day = ? AND email {picked} "
     "RETURNING email, address, name, timezone, attempts, message_id, "
     "(SELECT u.public_id FROM subscribers u WHERE u.email = deliveries.email)"
 )
 CLAIM_SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"  # PostgreSQL: rows another claim holds are skipped, not waited for
+# PostgreSQL: "= ANY(ARRAY(...))", an index lookup of each picked key in every plan. With "IN (SELECT ...)"
+# the generic plan that a prepared claim switches to after five runs hash-joins the picked keys
+# against a sequential scan of the whole edition: every claim then reads every row of the date.
+CLAIM_PICKED = {"sqlite": "IN (SELECT email FROM picked)", "postgresql": "= ANY(ARRAY(SELECT email FROM picked))"}
 LEASE_HOLDERS = (
     "SELECT DISTINCT d.lease_owner FROM deliveries d WHERE d.day = ? AND d.lease_owner != '' AND d.lease_owner != ? "
     "AND d.lease_until >= ? AND d.status IN ('pending', 'failed') AND {scope}"
@@ -107,6 +127,13 @@ RECORD_OUTCOME = (
     "lease_owner = '', lease_until = 0 WHERE day = ? AND email = ?"
 )  # a final outcome (or 'failed', for a later run) gives the row up
 RECORD_DELIVERED = RECORD_OUTCOME + " AND status IN ('pending', 'failed')"  # applied twice (a replayed journal): no change
+# PostgreSQL: a group of acceptances (addresses and replies as two arrays) in one statement, so in one
+# round trip and its own transaction (autocommit), where BEGIN, one UPDATE per row and COMMIT take three.
+RECORD_DELIVERED_PG = (
+    "UPDATE deliveries d SET status = 'delivered', last_reply = a.reply, attempts = d.attempts + 1, updated_at = ?, "
+    "lease_owner = '', lease_until = 0 FROM unnest(?::text[], ?::text[]) AS a(email, reply) "
+    "WHERE d.day = ? AND d.email = a.email COLLATE \"C\" AND d.status IN ('pending', 'failed')"
+)  # as RECORD_DELIVERED: rows already final stay as they are
 RECORD_RETRY = (
     "UPDATE deliveries SET status = 'pending', last_reply = ?, attempts = attempts + 1, updated_at = ? "
     "WHERE day = ? AND email = ?"
@@ -163,14 +190,30 @@ class DatabaseLedger:
             if len(rows) >= batch:
                 added += self._insert(rows)
                 rows = []
-        return added + self._insert(rows)
+        return self._analyzed(added + self._insert(rows))
 
     def _insert(self, rows: Sequence[tuple[str, ...]], statement: str = INSERT_EDITION_ROWS) -> int:
         """Insert ledger rows in one transaction, ignoring those already there; return how many were new."""
         if not rows:
             return 0
+        if self.conn.backend == "postgresql":
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            with self._lock:
+                return self.conn.execute(INSERT_ROWS_PG[statement], columns).rowcount
         with self._lock, self.conn.transaction():
             return self.conn.executemany(statement, rows)
+
+    def _analyzed(self, added: int) -> int:
+        """PostgreSQL: refresh the table's statistics once rows were planned, before the claims run; return ``added``.
+
+        Until autovacuum gets to it (a minute or more), the planner would go by the statistics
+        of the table before the edition (a few rows, or none): it then plans each claim as a
+        scan and sort of every row of the date instead of a walk of the primary key.
+        """
+        if added and self.conn.backend == "postgresql":
+            with self._lock:
+                self.conn.execute("ANALYZE deliveries")
+        return added
 
     def claim(
         self,
@@ -188,19 +231,30 @@ class DatabaseLedger:
         ``after`` (a lower-case address, '' to start) walks the rows not yet leased past that
         key; None takes rows whose lease ran out (a dead sender's, or given back by ``release``).
         """
-        statuses = ("failed",) if only_failed else ("pending", "failed")
-        scope, scoped = self._scope()
-        where, cursor = ("d.email > ?", (after,)) if after is not None else ("d.lease_owner != ''", ())
-        sql = CLAIM_ROWS.format(
-            statuses=",".join("?" * len(statuses)), scope=scope, where=where, lock=self._skip_locked()
-        )
-        params = (day.isoformat(), *statuses, *scoped, *cursor, now, limit, owner, until, day.isoformat())
-        with self._lock, self.conn.transaction():
-            rows = self.conn.execute(sql, params).fetchall()
+        sql, params = self.claim_statement(day, owner, now, until, limit, after, only_failed)
+        if self.conn.backend == "postgresql":  # one statement: its own transaction, one round trip
+            with self._lock:
+                rows = self.conn.execute(sql, params).fetchall()
+        else:
+            with self._lock, self.conn.transaction():
+                rows = self.conn.execute(sql, params).fetchall()
         rows.sort(key=lambda row: row[0])
         return [
             Due(0, Subscriber(row[1], row[2], row[3], public_id=row[6] or ""), row[4], row[5] or "") for row in rows
         ]
+
+    def claim_statement(
+        self, day: date, owner: str, now: float, until: float, limit: int, after: str | None, only_failed: bool
+    ) -> tuple[str, tuple[object, ...]]:
+        """The SQL and parameters of a claim (see ``claim``)."""
+        statuses = ("failed",) if only_failed else ("pending", "failed")
+        scope, scoped = self._scope()
+        where, cursor = ("d.email > ?", (after,)) if after is not None else ("d.lease_owner != ''", ())
+        sql = CLAIM_ROWS.format(
+            statuses=",".join("?" * len(statuses)), scope=scope, where=where, lock=self._skip_locked(),
+            picked=CLAIM_PICKED[self.conn.backend],
+        )  # fmt: skip
+        return sql, (day.isoformat(), *statuses, *scoped, *cursor, now, limit, owner, until, day.isoformat())
 
     def _skip_locked(self) -> str:
         """What a claim's SELECT adds so that concurrent claims skip each other's rows (SQLite's write lock serializes them)."""
@@ -257,6 +311,11 @@ class DatabaseLedger:
         if not accepted:
             return
         now, when = utcnow_text(), day.isoformat()
+        if self.conn.backend == "postgresql":
+            emails, replies = [email.lower() for email, _ in accepted], [reply[:500] for _, reply in accepted]
+            with self._lock:
+                self.conn.execute(RECORD_DELIVERED_PG, (now, emails, replies, when))
+            return
         rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
         with self._lock, self.conn.transaction():
             self.conn.executemany(RECORD_DELIVERED, rows)
@@ -364,7 +423,7 @@ class DigestLedger(DatabaseLedger):
             (day.isoformat(), s.key, s.email, s.name, s.timezone, message_id, now, since.isoformat())
             for s, since, message_id in readers
         ]
-        return self._insert(rows, INSERT_DIGEST_ROWS)
+        return self._analyzed(self._insert(rows, INSERT_DIGEST_ROWS))
 
     def last_mailed(self, email: str, before: date) -> tuple[date, str] | None:
         """The latest date before ``before`` with a row for this reader (edition or digest), and its kind."""

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +76,12 @@ def _as_server_user() -> tuple[list[str], str]:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PostgresServer]:
-    """Start a fresh cluster on a free port; stop it and remove its files afterwards."""
+def running_server(settings: Mapping[str, str] | None = None) -> Iterator[PostgresServer]:
+    """Start a fresh cluster on a free port; stop it and remove its files afterwards.
+
+    ``settings`` adds server settings (``{"shared_preload_libraries": "pg_stat_statements"}``
+    for a benchmark that shows where the server's time goes).
+    """
     bindir = find_bindir()
     if bindir is None:
         if os.environ.get("CI") == "true":
@@ -94,6 +98,7 @@ def running_server() -> Iterator[PostgresServer]:
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='' -c fsync=off -c max_connections=100"
+    options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
     subprocess.run(
         [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "-t", "60", "start"],
         check=True, capture_output=True, timeout=90,

@@ -8,7 +8,7 @@ from tests.pgserver import running_server
 
 @pytest.fixture(scope="module")
 def pg():
-    with running_server() as server:
+    with running_server({"work_mem": "8MB"}) as server:  # settings of its own, as a benchmark starts it
         yield server
 
 
@@ -20,3 +20,4 @@ def test_a_fresh_server_accepts_connections_and_keeps_rows(pg):
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
         assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+        assert conn.execute("SHOW work_mem").fetchone() == ("8MB",)

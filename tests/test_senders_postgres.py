@@ -6,14 +6,19 @@ counts the messages per recipient once it settles.
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 
+import psycopg
+import pytest
+
 from newsletter import storage
 from newsletter.ledger import DatabaseLedger
+from newsletter.storage import postgres
 from newsletter.subscribers import Subscriber
 from tests import test_delivery
 from tests.conftest import subprocess_env
@@ -72,3 +77,79 @@ def test_claims_on_postgres_skip_each_others_rows_and_take_over_expired_leases(s
         assert not {d.subscriber.key for d in mine} & {d.subscriber.key for d in theirs}
         taken = other.claim(DAY, "c", now=1061.0, until=1121.0, limit=30, after=None)
         assert len(taken) == 20, "both leases ran out: their rows return to the pool"
+
+
+# --- what one message costs the database ------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_ledger(pg_server):
+    """A ledger on a fresh PostgreSQL database."""
+    with postgres.connect(pg_server.fresh_database(f"cost{os.getpid()}_{next(_names)}")) as db:
+        yield DatabaseLedger(db)
+
+
+def rows_read_from_deliveries(plan: dict) -> int:
+    """The rows that the scans of ``deliveries`` in an EXPLAIN ANALYZE plan (JSON) returned, in all."""
+    own = plan["Actual Rows"] * plan.get("Actual Loops", 1) if plan.get("Relation Name") == "deliveries" else 0
+    return own + sum(rows_read_from_deliveries(child) for child in plan.get("Plans", ()))
+
+
+def explain_claim(ledger: DatabaseLedger, after: str, *, generic: bool) -> dict:
+    """EXPLAIN ANALYZE of the ledger's claim of 16 rows (rolled back), as psycopg's prepared statement would run it."""
+    sql, params = ledger.claim_statement(DAY, "me", 1000.0, 1300.0, 16, after, False)
+    numbered = itertools.count(1)
+    prepared = re.sub(r"%s", lambda _: f"${next(numbered)}", postgres.pg_sql(sql))
+    conn = ledger.conn.conn
+    with conn.transaction(force_rollback=True):
+        conn.execute(f"SET LOCAL plan_cache_mode = {'force_generic_plan' if generic else 'force_custom_plan'}")
+        conn.execute(f"PREPARE claim AS {prepared}")
+        cursor = psycopg.ClientCursor(conn)  # the parameters as literals in EXECUTE
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim({', '.join(['%s'] * len(params))})", params)
+        plan = cursor.fetchone()[0][0]["Plan"]
+        conn.execute("DEALLOCATE claim")
+    return plan
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom-plan", "generic-plan"])
+def test_a_claim_reads_the_rows_it_takes_not_the_whole_edition(fresh_ledger, generic):
+    ledger = fresh_ledger
+    ledger.conn.execute("ANALYZE deliveries")  # statistics of an empty table, as a previous day's autovacuum leaves them
+    ledger.plan(DAY, (Subscriber(f"reader{i:05}@example.com") for i in range(3000)), lambda s: f"<{s.key}>")
+    for after in ("", "reader01500@example.com"):
+        plan = explain_claim(ledger, after, generic=generic)
+        assert plan["Actual Rows"] == 16
+        assert rows_read_from_deliveries(plan) <= 4 * 16, "a claim walks the key, it does not scan the edition"
+
+
+def test_an_acceptance_group_is_one_statement_on_postgres(fresh_ledger, monkeypatch):
+    ledger = fresh_ledger
+    ledger.plan(DAY, (Subscriber(address) for address in READERS[:5]), lambda s: f"<{s.key}>")
+    ledger.claim(DAY, "me", now=1000.0, until=1300.0, limit=5, after="")
+    statements: list[str] = []
+    real = ledger.conn._execute
+    monkeypatch.setattr(ledger.conn, "_execute", lambda sql, params: statements.append(sql) or real(sql, params))
+    monkeypatch.setattr(ledger.conn, "_executemany", None)  # never one statement per row
+    ledger.mark_delivered_many(DAY, [("Reader0@Example.com", "250 ok: queued as A"), (READERS[1], "250 ok: B")])
+    assert len(statements) == 1, "one round trip, committed on its own (no BEGIN, no COMMIT)"
+    rows = {row["email"]: row for row in ledger.conn.execute("SELECT * FROM deliveries")}
+    assert [rows[a]["last_reply"] for a in READERS[:2]] == ["250 ok: queued as A", "250 ok: B"]
+    assert all(rows[a]["status"] == "delivered" and rows[a]["attempts"] == 1 for a in READERS[:2])
+    assert all(rows[a]["lease_owner"] == "" and rows[a]["lease_until"] == 0 for a in READERS[:2])
+    assert {rows[a]["status"] for a in READERS[2:5]} == {"pending"} and rows[READERS[2]]["lease_owner"] == "me"
+    ledger.mark_delivered_many(DAY, [(READERS[0], "250 again")])  # recorded twice (a replay): no change
+    row = ledger.conn.execute("SELECT attempts, last_reply FROM deliveries WHERE email = ?", (READERS[0],)).fetchone()
+    assert tuple(row) == (1, "250 ok: queued as A")
+
+
+def test_planning_on_postgres_is_one_statement_a_batch_in_the_given_order(fresh_ledger, monkeypatch):
+    ledger = fresh_ledger
+    statements: list[str] = []
+    real = ledger.conn._execute
+    monkeypatch.setattr(ledger.conn, "_execute", lambda sql, params: statements.append(sql) or real(sql, params))
+    readers = [Subscriber(f"r{i}@example.com", name=f"R {i}") for i in (5, 3, 9, 1, 7)]
+    assert ledger.plan(DAY, readers, lambda s: f"<{s.key}>", batch=2) == 5
+    assert len([sql for sql in statements if sql.startswith("INSERT")]) == 3
+    assert ledger.plan(DAY, readers[:3], lambda s: "<again>", batch=2) == 0, "rows already planned stay as they are"
+    rows = ledger.conn.execute(f"SELECT email, name, message_id FROM deliveries ORDER BY {ledger.conn.rowid}").fetchall()
+    assert [tuple(row) for row in rows] == [(r.key, r.name, f"<{r.key}>") for r in readers]

@@ -117,6 +117,19 @@ def test_the_send_budget_is_shared_on_postgresql(pg_url):
     assert slots[:3] == [1000.0, 1000.1, 1000.2] and slots[3] >= 1000.0 + 3600
 
 
+def test_a_per_second_budget_on_postgresql_is_one_statement_a_message(pg_url, monkeypatch):
+    now = [1000.0]
+    first, second = (Throttle(postgres.connect(pg_url), "relay", 10, 0, clock=lambda: now[0]) for _ in range(2))
+    statements: list[str] = []
+    for throttle in (first, second):
+        real = throttle.db._execute
+        monkeypatch.setattr(throttle.db, "_execute", lambda sql, params, real=real: statements.append(sql) or real(sql, params))
+    assert [first.reserve(), second.reserve(), first.reserve()] == pytest.approx([1000.0, 1000.1, 1000.2])
+    now[0] = 1005.0  # an idle spell: the budget does not save up slots
+    assert [second.reserve(), first.reserve()] == pytest.approx([1005.0, 1005.1])
+    assert len(statements) == 5, "one upsert a message, no BEGIN or COMMIT"
+
+
 def test_read_only_access_to_an_empty_database_is_none_and_creates_nothing(pg_url):
     assert postgres.connect_readonly(pg_url) is None
     with psycopg.connect(pg_url) as conn:

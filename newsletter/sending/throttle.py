@@ -60,17 +60,22 @@ class Throttle:
 
     def reserve(self) -> float:
         """Take the next slot of the shared budget (a Unix time) and return it."""
+        if self.interval and not self.per_hour:  # one statement, its own transaction: one round trip
+            with self._lock:
+                return self._next_slot(self.clock())
         with self._lock, self.db.transaction():
             now = self.clock()
             slot = now
             if self.interval:  # the upsert also locks the scope's row until the end of the transaction
-                after = self.db.execute(
-                    RESERVE_SLOT, (self.scope, now + self.interval, now, now, self.interval)
-                ).fetchone()[0]
-                slot = float(after) - self.interval
+                slot = self._next_slot(now)
             if self.per_hour:
                 slot = self._hourly(slot)
             return slot
+
+    def _next_slot(self, now: float) -> float:
+        """The per-second budget's next slot from ``now`` on (the upsert moves the scope's next free one past it)."""
+        after = self.db.execute(RESERVE_SLOT, (self.scope, now + self.interval, now, now, self.interval)).fetchone()[0]
+        return float(after) - self.interval
 
     def _hourly(self, slot: float) -> float:
         """Move a slot so that no rolling hour holds more than ``per_hour``; record it."""
