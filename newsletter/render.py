@@ -213,10 +213,17 @@ class RenderedEdition:
         """Return the complete message (CRLF line endings) for one subscriber."""
         values = self.values_for(subscriber, message_id)
         message = join_segments(self.segments, self.slots, values)
+        return self.signature_for(values, message) + message
+
+    def signature_for(self, values: dict[bytes, bytes], message: bytes | None = None) -> bytes:
+        """The DKIM-Signature header field(s) of the message with these values; empty when unsigned."""
         if self.sign is None:
-            return message
+            return b""
+        if message is None:
+            message = join_segments(self.segments, self.slots, values)
         body_hash = self.body_hash(values) if self.body_hash else None
-        return self.sign(message) if body_hash is None else self.sign(message, body_hash)
+        signed = self.sign(message) if body_hash is None else self.sign(message, body_hash)
+        return signed[: len(signed) - len(message)]
 
     def values_for(self, subscriber: Subscriber, message_id: str = "") -> dict[bytes, bytes]:
         """The bytes that replace each placeholder for one subscriber: one line each, never CR or LF."""

@@ -429,15 +429,30 @@ def test_wire_data_per_subscriber_is_stuffed_once_per_edition_and_exact(rendered
         assert wire.data_for(subscriber) == wire_data(dotted.message_for(subscriber))
 
 
-def test_a_placeholder_at_a_line_start_or_dkim_falls_back_to_stuffing_each_message(rendered):
+def test_a_placeholder_at_a_line_start_falls_back_to_stuffing_each_message(rendered):
     at_line_start = dataclasses.replace(rendered, segments=(rendered.segments[0] + b"\r\n", *rendered.segments[1:]))
-    signed = dataclasses.replace(rendered, sign=lambda message: b"DKIM-Signature: x\r\n" + message)
-    for variant in (at_line_start, signed):
-        wire = Wire(variant)
-        assert wire.template is None
-        assert wire.data_for(Subscriber("a@example.com", ".x")) == wire_data(
-            variant.message_for(Subscriber("a@example.com", ".x"))
-        )
+    wire = Wire(at_line_start)
+    assert wire.template is None
+    assert wire.data_for(Subscriber("a@example.com", ".x")) == wire_data(
+        at_line_start.message_for(Subscriber("a@example.com", ".x"))
+    )
+
+
+def test_a_signed_message_is_signed_unstuffed_and_sent_stuffed(rendered):
+    seen = []
+
+    def sign(message: bytes) -> bytes:
+        seen.append(message)
+        return b"DKIM-Signature: v=1; b=\r\n\tabc\r\n" + message
+
+    dotted = (*rendered.segments[:-1], b"\r\n.dotted" + rendered.segments[-1])
+    signed = dataclasses.replace(rendered, segments=dotted, sign=sign, body_hash=None)
+    wire = Wire(signed)
+    assert wire.template is not None
+    for name in NAMES:
+        subscriber = Subscriber("a@example.com", name)
+        assert wire.data_for(subscriber) == wire_data(signed.message_for(subscriber))
+        assert b"\r\n.dotted" in seen[-1], "the signature covers the bytes before stuffing"
 
 
 def test_a_resend_carries_the_message_id_recorded_at_planning(smtp_server, make_sender):

@@ -31,16 +31,16 @@ class Wire:
 
     Dot-stuffing and the CRLF check run once per edition on the segments. That is exact when
     no placeholder starts a line and no segment after the first starts with a dot (values are
-    single lines and never start or end a line there); otherwise, and when messages are DKIM
-    signed (the signature covers the unstuffed bytes), each message goes through ``wire_data``.
+    single lines and never start or end a line there); otherwise each message goes through
+    ``wire_data``. A DKIM signature covers the unstuffed bytes: it is computed over them and
+    put before the stuffed message (its header lines never start with a dot).
     """
 
     def __init__(self, rendered: RenderedEdition) -> None:
         self.rendered = rendered
         segments = rendered.segments
         safe = (
-            rendered.sign is None
-            and not segments[0].startswith(b".")
+            not segments[0].startswith(b".")
             and all(not s.endswith(b"\n") for s in segments[:-1])
             and all(not s.startswith(b".") for s in segments[1:])
             and all(crlf_only(s) for s in segments)
@@ -58,4 +58,5 @@ class Wire:
         if self.template is None:
             return wire_data(self.rendered.message_for(subscriber, message_id))
         values = self.rendered.values_for(subscriber, message_id)
-        return self.template % tuple([values[slot] for slot in self.slots])
+        data = self.template % tuple([values[slot] for slot in self.slots])
+        return data if self.rendered.sign is None else self.rendered.signature_for(values) + data
