@@ -81,6 +81,11 @@ def digest_editions(day: date, since: date, edition_for: Callable[[date], Editio
     return editions
 
 
+def digests_possible(conn: Database, day: date) -> bool:
+    """Whether anyone could get a digest of ``day``: a weekly reader on the list, or a digest in the past WINDOW days."""
+    return state.has_weekly_readers(conn) or bool(DigestLedger(conn).recent_digests(day, WINDOW))
+
+
 def plan_digests(
     settings: Settings,
     day: date,
@@ -93,7 +98,7 @@ def plan_digests(
     Reads the list as synced (``sync_csv`` runs first), so that a list without weekly readers is not read twice.
     """
     ledger = DigestLedger(conn)
-    if not state.has_weekly_readers(conn) and not ledger.recent_digests(day, WINDOW):
+    if not digests_possible(conn, day):
         return 0  # a list of daily readers only pays nothing more for digests
     recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally, None)
     if select:

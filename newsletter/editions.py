@@ -17,7 +17,7 @@ from typing import Protocol
 
 from newsletter import retention, state, storage
 from newsletter.config import Settings
-from newsletter.digests import dry_run_digests, plan_digests, renderer, send_digests
+from newsletter.digests import digests_possible, dry_run_digests, plan_digests, renderer, send_digests
 from newsletter.errors import DeliveryError
 from newsletter.events import Event, load_day_events
 from newsletter.ledger import DatabaseLedger, DigestLedger
@@ -28,7 +28,15 @@ from newsletter.render import RenderedEdition, render_edition
 from newsletter.selection import Edition, select_edition
 from newsletter.sending.engine import SendResult, send_edition
 from newsletter.storage import Database
-from newsletter.subscribers import Subscriber, Tally, check_address, iter_recipients, sync_csv, with_public_ids
+from newsletter.subscribers import (
+    Subscriber,
+    Tally,
+    check_address,
+    iter_recipients,
+    sync_csv,
+    synced_recipients,
+    with_public_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +180,27 @@ def _plan(
     select: Callable[[Subscriber], bool] | None,
     result: SendResult,
 ) -> None:
-    """Sync the list, then add the date's digest rows and edition rows not yet in the ledger."""
-    sync_csv(settings.paths.subscribers, conn, Tally())  # its bad rows are reported just below
-    plan_digests(settings, day, conn, Tally(), select)  # first: their readers get no daily edition
-    tally = Tally()
-    recipients: Iterable[Subscriber] = iter_recipients(settings.paths.subscribers, conn, tally)
-    result.planned = DatabaseLedger(conn).plan(
-        day, filter(select, recipients) if select else recipients, rendered.message_id_for
-    )
+    """Sync the list, then add the date's digest rows and edition rows not yet in the ledger.
+
+    Digest rows go first (their readers get no daily edition that date), so the list is synced
+    before either is planned. A list that had no weekly reader and no recent digest has nobody
+    whose digest could take the place of a daily edition: there the file is read once, synced
+    and planned chunk by chunk (``synced_recipients``), and the digests of any weekly readers
+    it brings are planned after.
+    """
+    csv, tally = settings.paths.subscribers, Tally()
+    ledger = DatabaseLedger(conn)
+
+    def only(recipients: Iterable[Subscriber]) -> Iterable[Subscriber]:
+        return filter(select, recipients) if select else recipients
+
+    if digests_possible(conn, day):
+        sync_csv(csv, conn, Tally())  # its bad rows are reported just below
+        plan_digests(settings, day, conn, Tally(), select)
+        result.planned = ledger.plan(day, only(iter_recipients(csv, conn, tally)), rendered.message_id_for)
+    else:
+        result.planned = ledger.plan(day, only(synced_recipients(csv, conn, tally)), rendered.message_id_for)
+        plan_digests(settings, day, conn, Tally(), select)  # the weekly readers the file just brought, if any
     _note_skipped(result, tally)
 
 

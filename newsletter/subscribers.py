@@ -227,18 +227,40 @@ def _row(row: list[str], index: dict[str, int], width: int, path: Path, line: in
 
 
 class DiskSet:
-    """A set of strings kept in a private temporary SQLite file: memory stays flat for any list size."""
+    """A set of strings that stays in memory up to ``in_memory`` keys, then moves to a private temporary SQLite file.
 
-    def __init__(self) -> None:
-        self._db = sqlite3.connect("")  # "" = a temporary on-disk database, deleted on close
-        self._db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY) WITHOUT ROWID")
+    So memory stays flat for any list size (about 20 MB at most), and a list of up to
+    200,000 addresses costs no SQLite statement per key.
+    """
+
+    def __init__(self, in_memory: int = 200_000) -> None:
+        self.limit = in_memory
+        self._keys: set[str] | None = set()
+        self._db: sqlite3.Connection | None = None
 
     def add(self, key: str) -> bool:
         """Add a key; return False if it was already there."""
+        if self._keys is not None:
+            if key in self._keys:
+                return False
+            if len(self._keys) < self.limit:
+                self._keys.add(key)
+                return True
+            self._spill()
+        assert self._db is not None
         return self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (key,)).rowcount == 1
 
+    def _spill(self) -> None:
+        self._db = sqlite3.connect("")  # "" = a temporary on-disk database, deleted on close
+        self._db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.executemany("INSERT INTO seen VALUES (?)", ((key,) for key in self._keys or ()))
+        self._keys = None
+
     def close(self) -> None:
-        self._db.close()
+        self._keys = set()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def iter_recipients(
@@ -257,13 +279,55 @@ def iter_recipients(
             if not seen.add(subscriber.key):
                 tally.duplicates += duplicate_counts
                 continue
-            if subscriber.key in suppressed:
-                tally.suppressed += 1
-                continue
-            if frequency is None or subscriber.frequency == frequency:
+            if _wanted(subscriber, suppressed, frequency, tally):
                 yield subscriber
     finally:
         seen.close()
+
+
+def synced_recipients(
+    csv_path: Path, conn: Database, tally: Tally, frequency: str | None = "daily"
+) -> Iterator[Subscriber]:
+    """Sync the CSV into the list and stream everyone to mail, reading the file once: ``sync_csv``, then ``iter_recipients``.
+
+    Each chunk of the file is written to the list, then its readers are streamed (with the
+    list's values where the list rules the row); once the file is read the sync is finished
+    (rows no longer in the file leave) and the rest of the list follows. A file unchanged since
+    the last sync is only read. The list is synced once the stream is consumed.
+    """
+    key, signature = str(csv_path.resolve()), file_signature(csv_path)
+    if state.csv_signature(conn, key) == signature:
+        yield from iter_recipients(csv_path, conn, tally, frequency)
+        return
+    stamp = sync_stamp()
+    suppressed = _suppressed(conn)
+    seen = DiskSet()
+    try:
+        for chunk in _chunks(read_csv(csv_path, tally), 2000):
+            fresh = [s for s in chunk if seen.add(s.key)]
+            tally.duplicates += len(chunk) - len(fresh)
+            with conn.transaction():
+                state.upsert_csv_rows(conn, [(s.email, s.name, s.timezone, s.frequency, s.weekday) for s in fresh], stamp)
+            for subscriber, _ in _csv_merged(fresh, conn):
+                if _wanted(subscriber, suppressed, frequency, tally):
+                    yield subscriber
+        with conn.transaction():
+            dropped = state.finish_csv_sync(conn, key, signature, stamp)
+        if dropped:
+            log.info("%s: %d rows no longer in the file left the list", csv_path, dropped)
+        for subscriber, _ in _rest_of_list(conn):
+            if seen.add(subscriber.key) and _wanted(subscriber, suppressed, frequency, tally):
+                yield subscriber
+    finally:
+        seen.close()
+
+
+def _wanted(subscriber: Subscriber, suppressed: frozenset[str], frequency: str | None, tally: Tally) -> bool:
+    """Whether to mail a reader of the list: never when suppressed (counted), and only of the frequency asked for."""
+    if subscriber.key in suppressed:
+        tally.suppressed += 1
+        return False
+    return frequency is None or subscriber.frequency == frequency
 
 
 def _csv_merged(rows: Iterable[Subscriber], conn: Database | None) -> Iterator[tuple[Subscriber, int]]:

@@ -6,7 +6,16 @@ from email_validator import EmailNotValidError, validate_email
 from newsletter import state
 from newsletter.errors import SubscriberError
 from newsletter.storage import sqlite
-from newsletter.subscribers import Tally, _checked_domain, check_address, iter_recipients, read_csv
+from newsletter.subscribers import (
+    DiskSet,
+    Tally,
+    _checked_domain,
+    check_address,
+    iter_recipients,
+    read_csv,
+    sync_csv,
+    synced_recipients,
+)
 
 
 def write_csv(path, text: str | bytes):
@@ -122,3 +131,55 @@ def test_a_domain_is_validated_once_for_a_whole_list():
     for i in range(100):
         check_address(f"reader{i}@lists.example.com")
     assert _checked_domain.cache_info().misses == 1
+
+
+def test_the_seen_set_answers_the_same_in_memory_and_after_it_moves_to_disk():
+    seen = DiskSet(in_memory=3)
+    keys = ["a@x.org", "b@x.org", "a@x.org", "c@x.org", "d@x.org", "b@x.org", "e@x.org", "d@x.org"]
+    assert [seen.add(key) for key in keys] == [True, True, False, True, True, False, True, False]
+    assert seen._db is not None, "past its limit the set lives in a temporary file"
+    seen.close()
+    assert seen.add("a@x.org"), "a closed set starts empty"
+
+
+def test_a_send_reads_the_file_once_and_sees_what_a_sync_then_a_read_would(tmp_path):
+    rows = (
+        "email,name,timezone,frequency\nada@example.com,Ada,,\nbob@example.com,Bob,,\nADA@example.com,Twice,,\n"
+        "not-an-address,X,,\ncy@example.com,Cy,,weekly\ndee@example.com,Dee,Europe/Paris,\n"
+    )
+    path = write_csv(tmp_path / "s.csv", rows)
+    outcomes = []
+    for way in ("two reads", "one read"):
+        conn = sqlite.connect(tmp_path / way)
+        state.suppress(conn, "bob@example.com", "unsubscribed")
+        state.add_subscriber(conn, "web@example.net", name="Web", source="web")
+        state.add_subscriber(conn, "dee@example.com", name="Dee on the web", source="web")
+        state.add_subscriber(conn, "gone@example.com", name="Gone", source="csv")  # from an older file
+        tally = Tally()
+        if way == "two reads":
+            sync_csv(path, conn, Tally())
+            found = list(iter_recipients(path, conn, tally))
+        else:
+            found = list(synced_recipients(path, conn, tally))
+        listed = sorted(
+            row["email"]
+            for row in state.subscriber_rows_for(
+                conn, ["ada@example.com", "cy@example.com", "gone@example.com"]
+            ).values()
+        )
+        outcomes.append(
+            (
+                [(s.email, s.name, s.timezone) for s in found],
+                (tally.invalid, tally.duplicates, tally.suppressed),
+                listed,
+            )
+        )
+        conn.close()
+    assert outcomes[0] == outcomes[1]
+    found, counts, listed = outcomes[1]
+    assert found == [
+        ("ada@example.com", "Ada", ""),
+        ("dee@example.com", "Dee on the web", ""),
+        ("web@example.net", "Web", ""),
+    ]
+    assert counts == (1, 1, 1) and listed == ["ada@example.com", "cy@example.com"], "the file is synced: gone left"
