@@ -153,3 +153,20 @@ def test_planning_on_postgres_is_one_statement_a_batch_in_the_given_order(fresh_
     assert ledger.plan(DAY, readers[:3], lambda s: "<again>", batch=2) == 0, "rows already planned stay as they are"
     rows = ledger.conn.execute(f"SELECT email, name, message_id FROM deliveries ORDER BY {ledger.conn.rowid}").fetchall()
     assert [tuple(row) for row in rows] == [(r.key, r.name, f"<{r.key}>") for r in readers]
+
+
+def test_a_messages_writes_update_its_row_in_place_hot(fresh_ledger):
+    ledger = fresh_ledger
+    ledger.plan(DAY, (Subscriber(f"reader{i:04}@example.com") for i in range(300)), lambda s: f"<{s.key}>")
+    for batch in range(3):
+        due = ledger.claim(DAY, "me", now=1000.0, until=1300.0, limit=64, after=f"reader{batch * 64:04}@example.com")
+        keys = [d.subscriber.key for d in due]
+        for group in range(0, len(keys), 3):  # acceptances come in small groups
+            ledger.mark_delivered_many(DAY, [(key, "250 ok") for key in keys[group : group + 3]])
+    ledger.renew(DAY, "me", 1400.0)
+    ledger.conn.execute("SELECT pg_stat_force_next_flush()")
+    updated, hot = ledger.conn.execute(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'deliveries'"
+    ).fetchone()
+    assert updated == 2 * 3 * 64, "a claim and an acceptance a row"
+    assert hot >= 0.95 * updated, "neither writes an indexed column, and the page has room: no new index entries"

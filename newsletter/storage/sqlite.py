@@ -227,6 +227,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX send_slots_by_scope ON send_slots (scope, at);
         """,
     ),
+    ("0082-deliveries-hot", ""),  # PostgreSQL only (its rows updated in place: storage/postgres.py); none here
 ]
 
 
