@@ -197,7 +197,10 @@ class BarProgress:
         self.bar: Any = None
 
     def start(self, total: int) -> None:
-        if sys.stderr.isatty():
+        if self.bar is not None:  # planning has found more recipients
+            self.bar.total = total
+            self.bar.refresh()
+        elif sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="msg", file=sys.stderr)

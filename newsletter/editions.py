@@ -72,7 +72,7 @@ class Progress(Protocol):
     """What the CLI shows while sending (its progress bar)."""
 
     def start(self, total: int) -> None:
-        """Called once with the number of messages due."""
+        """Called with the number of messages due; again with the new number once planning has added to it."""
 
     def update(self, count: int) -> None:
         """Called after each recipient reaches an outcome."""
@@ -118,20 +118,28 @@ def send_day(
         with conn.guarded():
             rendered, result = _prepare(settings, day, conn, retry_failed=retry_failed, now=now)
             ledger = DatabaseLedger(conn)
-            if plan and not retry_failed:
-                _plan(settings, day, conn, rendered, select, result)
             counts = ledger.counts(day)
-            progress.start(counts["failed"] if retry_failed else counts["pending"] + counts["failed"])
+            due = counts["failed"] if retry_failed else counts["pending"] + counts["failed"]
+            progress.start(due)
+            planner = None
+            if plan and not retry_failed:  # sending starts while the list is planned
+                planner = Planner(settings, day, rendered, select, result, lambda: progress.start(due + result.planned))
+                planner.start()
             try:
-                result = send_edition(
-                    settings,
-                    rendered,
-                    ledger,
-                    only_failed=retry_failed,
-                    stop=stop,
-                    progress=progress.update,
-                    result=result,
-                )
+                try:
+                    result = send_edition(
+                        settings,
+                        rendered,
+                        ledger,
+                        only_failed=retry_failed,
+                        stop=stop,
+                        progress=progress.update,
+                        result=result,
+                        planning=planner.done if planner else None,
+                    )
+                finally:
+                    if planner:
+                        planner.finish()  # raises what stopped the planning
                 render = renderer(settings, day, lambda d: edition_for(d, settings, conn), now=now)
                 digests = send_digests(
                     settings, day, conn, render, only_failed=retry_failed, stop=stop, progress=progress.update
@@ -147,6 +155,43 @@ def send_day(
             return result
     finally:
         conn.close()
+
+
+class Planner:
+    """Plans an edition in a thread of its own, on its own database connection, while the engine sends.
+
+    The engine takes rows as they are planned (``done`` tells it when no more will come), so
+    the first messages go out at once instead of after the whole list has been read.
+    """
+
+    def __init__(
+        self, settings: Settings, day: date, rendered: RenderedEdition,
+        select: Callable[[Subscriber], bool] | None, result: SendResult, planned: Callable[[], None],
+    ) -> None:  # fmt: skip
+        self.settings, self.day, self.rendered, self.select = settings, day, rendered, select
+        self.result, self.planned = result, planned  # planned(): called once the whole list is planned
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="planner", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with storage.connect(self.settings) as conn, conn.guarded():
+                _plan(self.settings, self.day, conn, self.rendered, self.select, self.result)
+            self.planned()
+        except BaseException as exc:  # handed to the sending thread by finish()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def finish(self) -> None:
+        """Wait for the planning; raise what stopped it, if anything did."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def plan_day(settings: Settings, day: date, *, retry_failed: bool = False, now: datetime | None = None) -> SendResult:

@@ -56,7 +56,7 @@ class Ledger(Protocol):
     def error(self, exc: BaseException) -> StorageError: ...
     def plan(self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str]) -> int: ...
     def claim(self, day: date, owner: str, *, now: float, until: float, limit: int,
-              after: str | None = None, only_failed: bool = False) -> list[Due]: ...  # fmt: skip
+              after: str | None = None, only_failed: bool = False, only_pending: bool = False) -> list[Due]: ...  # fmt: skip
     def holders(self, day: date, owner: str, now: float) -> list[str]: ...
     def renew(self, day: date, owner: str, until: float) -> int: ...
     def release(self, day: date, owner: str) -> None: ...
@@ -225,13 +225,15 @@ class DatabaseLedger:
         limit: int,
         after: str | None = None,
         only_failed: bool = False,
+        only_pending: bool = False,
     ) -> list[Due]:
         """Lease up to ``limit`` due rows to ``owner`` until ``until``, in key order; return them.
 
         ``after`` (a lower-case address, '' to start) walks the rows not yet leased past that
         key; None takes rows whose lease ran out (a dead sender's, or given back by ``release``).
+        ``only_pending`` leaves the failed rows out (those a run has given up on stay so).
         """
-        sql, params = self.claim_statement(day, owner, now, until, limit, after, only_failed)
+        sql, params = self.claim_statement(day, owner, now, until, limit, after, only_failed, only_pending)
         if self.conn.backend == "postgresql":  # one statement: its own transaction, one round trip
             with self._lock:
                 rows = self.conn.execute(sql, params).fetchall()
@@ -244,10 +246,11 @@ class DatabaseLedger:
         ]
 
     def claim_statement(
-        self, day: date, owner: str, now: float, until: float, limit: int, after: str | None, only_failed: bool
-    ) -> tuple[str, tuple[object, ...]]:
+        self, day: date, owner: str, now: float, until: float, limit: int, after: str | None, only_failed: bool,
+        only_pending: bool = False,
+    ) -> tuple[str, tuple[object, ...]]:  # fmt: skip
         """The SQL and parameters of a claim (see ``claim``)."""
-        statuses = ("failed",) if only_failed else ("pending", "failed")
+        statuses = ("failed",) if only_failed else ("pending",) if only_pending else ("pending", "failed")
         scope, scoped = self._scope()
         where, cursor = ("d.email > ?", (after,)) if after is not None else ("d.lease_owner != ''", ())
         sql = CLAIM_ROWS.format(

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 RELAY_FAILURES = 3  # failed attempts to open a connection, in a row over all connections, before giving up ...
 RELAY_PATIENCE = 10.0  # ... once they span this many seconds (or smtp.timeout if shorter)
 RECONNECT_CAP = 8.0  # longest wait of one connection before it tries to reopen
+PLANNING_POLL = 0.02  # seconds between claims while the edition is still being planned
 CLAIM_PER_CONNECTION = 16  # rows a sender leases at a time, per connection: what a crash leaves waiting for the lease
 
 
@@ -101,7 +102,8 @@ class Work:
 class Claims:
     """This sender's share of an edition: batches of due rows leased from the ledger, renewed while held.
 
-    The first pass walks the edition's rows in key order, taking those no other sender holds;
+    The first pass walks the edition's rows in key order, taking those no other sender holds
+    (while the edition is still being planned, a second walk takes the rows planned behind it);
     then it takes the rows whose lease ran out (a sender that died, or stopped and gave them
     back). While another sender still holds rows of the edition, ``next_batch`` returns an
     empty batch (ask again later): a dead sender's rows are taken over once its lease ends.
@@ -110,10 +112,12 @@ class Claims:
 
     def __init__(
         self, ledger: Ledger, day: date, *, lease: float, batch: int, only_failed: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, planning: threading.Event | None = None,
     ) -> None:  # fmt: skip
         self.ledger, self.day, self.lease, self.batch = ledger, day, lease, batch
         self.only_failed, self.clock = only_failed, clock
+        self.planning = planning  # set once every row is planned; None: they all are
+        self.behind: str | None = "" if planning else None  # the walk over rows planned behind the first pass
         self.owner = owner_id()
         self.after: str | None = ""  # the first pass's position (a lower-case address); None once it is done
         self.journals = journal.folder_of(ledger.conn)  # SQLite: the senders' journals, replayed before a claim
@@ -127,6 +131,8 @@ class Claims:
             if rows:
                 self.after = rows[-1].subscriber.key
                 return rows
+            if self.behind is not None and (behind := self._catch_up(now)) is not None:
+                return behind
             self.after = None
         rows = self._claim(now, None)
         if rows:
@@ -143,7 +149,27 @@ class Claims:
             return []
         return None
 
-    def _claim(self, now: float, after: str | None) -> list[Due]:
+    def _catch_up(self, now: float) -> list[Due] | None:
+        """While the edition is planned: the new rows behind the first pass, [] to ask again soon; None when all are taken.
+
+        Planning adds rows in the file's order, anywhere in key order, so a second walk (of
+        pending rows only: those this run gave up on stay failed) starts again from the first
+        key each time it runs dry, and once more after the planning ends.
+        """
+        while True:
+            rows = self._claim(now, self.behind or "", only_pending=True)
+            if rows:
+                self.behind = rows[-1].subscriber.key
+                return rows
+            self.behind = ""
+            if self.planning is None:
+                self.behind = None
+                return None
+            if not self.planning.is_set():
+                return []
+            self.planning = None  # every row is planned now: one last walk
+
+    def _claim(self, now: float, after: str | None, only_pending: bool = False) -> list[Due]:
         if self.journals is not None:  # what a killed sender recorded reaches the ledger before its rows are taken
             try:
                 journal.replay(self.journals, self.ledger)
@@ -151,7 +177,7 @@ class Claims:
                 raise Abort(f"cannot read the senders' journals in {self.journals}: {exc.strerror or exc}") from None
         return self.ledger.claim(
             self.day, self.owner, now=now, until=now + self.lease, limit=self.batch, after=after,
-            only_failed=self.only_failed,
+            only_failed=self.only_failed, only_pending=only_pending,
         )  # fmt: skip
 
     def renew(self) -> None:
@@ -205,8 +231,10 @@ class WorkQueue:
         stop: threading.Event,
         clock: Callable[[], float] = time.monotonic,
         poll: float = 1.0,
+        soon: Callable[[], bool] = lambda: False,
     ) -> None:
         self.claims, self.stop, self.clock, self.poll = claims, stop, clock, poll
+        self.soon = soon  # True while rows may appear any moment (planning): ask again after PLANNING_POLL
         self.rows: deque[Due] = deque()
         self.retries: list[tuple[float, int, Work]] = []
         self.order = itertools.count()
@@ -238,8 +266,8 @@ class WorkQueue:
             self.exhausted = True
         elif batch:
             self.rows.extend(batch)
-        else:  # another sender holds the rest: look again shortly (its lease may run out)
-            self.next_claim = self.clock() + self.poll
+        else:  # another sender holds the rest (its lease may run out), or rows are still being planned
+            self.next_claim = self.clock() + (PLANNING_POLL if self.soon() else self.poll)
 
     def _hand(self, work: Work) -> Work:
         self.in_hand += 1
@@ -439,8 +467,12 @@ def send_edition(
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
     result: SendResult | None = None,
+    planning: threading.Event | None = None,
 ) -> SendResult:
     """Send the edition to every due ledger row over smtp.connections parallel connections.
+
+    ``planning``, when given, is set once every row is planned: until then rows may still
+    appear, and the run waits for them rather than ending.
 
     Raise RelayDown (the server cannot be reached, authentication or TLS failed) or
     DeliveryError (the ledger cannot record, an unexpected error) when the run stops early;
@@ -451,11 +483,12 @@ def send_edition(
     stop = stop or threading.Event()
     lease = settings.database.lease_seconds
     claims = Claims(
-        ledger, day, lease=lease, batch=CLAIM_PER_CONNECTION * settings.smtp.connections, only_failed=only_failed
-    )
+        ledger, day, lease=lease, batch=CLAIM_PER_CONNECTION * settings.smtp.connections, only_failed=only_failed,
+        planning=planning,
+    )  # fmt: skip
     run = Run(
         settings, rendered, ledger,
-        WorkQueue(claims.next_batch, stop, poll=min(1.0, lease / 5)),
+        WorkQueue(claims.next_batch, stop, poll=min(1.0, lease / 5), soon=lambda: claims.planning is not None),
         Relay(settings),
         Throttle(ledger.conn, account(settings.smtp), settings.smtp.rate_limit, settings.smtp.max_per_hour),
         Acceptances(ledger, day, _journal_of(ledger, claims.owner)),
