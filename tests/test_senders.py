@@ -270,3 +270,30 @@ def test_processes_apply_to_a_real_send_only(smtp_server, make_sender, tmp_path)
     )
     assert result.exit_code == 2 and "only a real send of the edition uses several processes" in result.output
     assert smtp_server.handler.messages == []
+
+
+# Sending while the edition is still being planned.
+
+
+def test_rows_planned_behind_the_first_pass_are_taken_and_the_run_waits_for_the_planning(smtp_server, make_sender):
+    import threading
+
+    from newsletter.sending.engine import Claims
+
+    ledger = DatabaseLedger(storage.connect(make_sender(smtp_server)))
+    plan = lambda *keys: ledger.plan(DAY, (Subscriber(f"{k}@example.com") for k in keys), lambda s: f"<{s.key}>")  # noqa: E731
+    planning = threading.Event()
+    claims = Claims(ledger, DAY, lease=60, batch=10, planning=planning)
+    keys = lambda batch: [due.subscriber.key.split("@")[0] for due in batch]  # noqa: E731
+    plan("b", "d")
+    assert keys(claims.next_batch()) == ["b", "d"]
+    plan("a", "c", "e")  # the file's order: anywhere in key order
+    assert keys(claims.next_batch()) == ["e"]
+    assert keys(claims.next_batch()) == ["a", "c"], "a second walk takes what was planned behind the first"
+    ledger.mark_failed(DAY, "a@example.com", "451 later")  # given up on in this run
+    assert claims.next_batch() == [], "planning goes on: ask again soon"
+    plan("f", "0")
+    planning.set()
+    assert keys(claims.next_batch()) == ["f"]
+    assert keys(claims.next_batch()) == ["0"], "once planning ends, one last walk from the first key"
+    assert claims.next_batch() is None, "every row taken; a failed row stays failed in this run"
