@@ -127,13 +127,6 @@ RECORD_OUTCOME = (
     "lease_owner = '', lease_until = 0 WHERE day = ? AND email = ?"
 )  # a final outcome (or 'failed', for a later run) gives the row up
 RECORD_DELIVERED = RECORD_OUTCOME + " AND status IN ('pending', 'failed')"  # applied twice (a replayed journal): no change
-# PostgreSQL: a group of acceptances (addresses and replies as two arrays) in one statement, so in one
-# round trip and its own transaction (autocommit), where BEGIN, one UPDATE per row and COMMIT take three.
-RECORD_DELIVERED_PG = (
-    "UPDATE deliveries d SET status = 'delivered', last_reply = a.reply, attempts = d.attempts + 1, updated_at = ?, "
-    "lease_owner = '', lease_until = 0 FROM unnest(?::text[], ?::text[]) AS a(email, reply) "
-    "WHERE d.day = ? AND d.email = a.email COLLATE \"C\" AND d.status IN ('pending', 'failed')"
-)  # as RECORD_DELIVERED: rows already final stay as they are
 RECORD_RETRY = (
     "UPDATE deliveries SET status = 'pending', last_reply = ?, attempts = attempts + 1, updated_at = ? "
     "WHERE day = ? AND email = ?"
@@ -314,12 +307,13 @@ class DatabaseLedger:
         if not accepted:
             return
         now, when = utcnow_text(), day.isoformat()
-        if self.conn.backend == "postgresql":
-            emails, replies = [email.lower() for email, _ in accepted], [reply[:500] for _, reply in accepted]
-            with self._lock:
-                self.conn.execute(RECORD_DELIVERED_PG, (now, emails, replies, when))
-            return
         rows = [("delivered", reply[:500], now, when, email.lower()) for email, reply in accepted]
+        if self.conn.backend == "postgresql":
+            # psycopg sends the rows' UPDATEs in one pipeline: one round trip, and the server runs them in one
+            # implicit transaction (until the pipeline's sync), so BEGIN and COMMIT would only add two more
+            with self._lock:
+                self.conn.executemany(RECORD_DELIVERED, rows)
+            return
         with self._lock, self.conn.transaction():
             self.conn.executemany(RECORD_DELIVERED, rows)
 

@@ -122,16 +122,18 @@ def test_a_claim_reads_the_rows_it_takes_not_the_whole_edition(fresh_ledger, gen
         assert rows_read_from_deliveries(plan) <= 4 * 16, "a claim walks the key, it does not scan the edition"
 
 
-def test_an_acceptance_group_is_one_statement_on_postgres(fresh_ledger, monkeypatch):
+def test_an_acceptance_group_is_one_round_trip_on_postgres(fresh_ledger, monkeypatch):
     ledger = fresh_ledger
     ledger.plan(DAY, (Subscriber(address) for address in READERS[:5]), lambda s: f"<{s.key}>")
     ledger.claim(DAY, "me", now=1000.0, until=1300.0, limit=5, after="")
-    statements: list[str] = []
-    real = ledger.conn._execute
-    monkeypatch.setattr(ledger.conn, "_execute", lambda sql, params: statements.append(sql) or real(sql, params))
-    monkeypatch.setattr(ledger.conn, "_executemany", None)  # never one statement per row
+    calls: list[str] = []
+    real = ledger.conn._executemany
+    monkeypatch.setattr(ledger.conn, "_executemany", lambda sql, rows: calls.append(sql) or real(sql, rows))
+    monkeypatch.setattr(ledger.conn, "_execute", None)  # no BEGIN, no COMMIT
+    monkeypatch.setattr(ledger.conn, "_begin", None)
     ledger.mark_delivered_many(DAY, [("Reader0@Example.com", "250 ok: queued as A"), (READERS[1], "250 ok: B")])
-    assert len(statements) == 1, "one round trip, committed on its own (no BEGIN, no COMMIT)"
+    assert len(calls) == 1, "one pipeline: one round trip, one implicit transaction"
+    monkeypatch.undo()
     rows = {row["email"]: row for row in ledger.conn.execute("SELECT * FROM deliveries")}
     assert [rows[a]["last_reply"] for a in READERS[:2]] == ["250 ok: queued as A", "250 ok: B"]
     assert all(rows[a]["status"] == "delivered" and rows[a]["attempts"] == 1 for a in READERS[:2])
@@ -140,6 +142,16 @@ def test_an_acceptance_group_is_one_statement_on_postgres(fresh_ledger, monkeypa
     ledger.mark_delivered_many(DAY, [(READERS[0], "250 again")])  # recorded twice (a replay): no change
     row = ledger.conn.execute("SELECT attempts, last_reply FROM deliveries WHERE email = ?", (READERS[0],)).fetchone()
     assert tuple(row) == (1, "250 ok: queued as A")
+
+
+def test_an_acceptance_group_that_fails_records_none_of_it(fresh_ledger):
+    ledger = fresh_ledger
+    ledger.plan(DAY, (Subscriber(address) for address in READERS[:3]), lambda s: f"<{s.key}>")
+    ledger.conn.execute("ALTER TABLE deliveries ADD CONSTRAINT no_reply_b CHECK (last_reply != '250 B')")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        ledger.mark_delivered_many(DAY, [(READERS[0], "250 A"), (READERS[1], "250 B"), (READERS[2], "250 C")])
+    rows = ledger.conn.execute("SELECT DISTINCT status FROM deliveries").fetchall()
+    assert [row[0] for row in rows] == ["pending"], "the group is one transaction: all or nothing"
 
 
 def test_planning_on_postgres_is_one_statement_a_batch_in_the_given_order(fresh_ledger, monkeypatch):
