@@ -122,6 +122,21 @@ def test_a_claim_reads_the_rows_it_takes_not_the_whole_edition(fresh_ledger, gen
         assert rows_read_from_deliveries(plan) <= 4 * 16, "a claim walks the key, it does not scan the edition"
 
 
+def test_a_claim_while_the_list_is_planned_reads_the_rows_it_takes(fresh_ledger):
+    ledger = fresh_ledger
+    ledger.conn.execute("ANALYZE deliveries")  # statistics of an empty table
+    seen: list[dict] = []
+
+    def readers():
+        for i in range(12_000):
+            if i == 10_000:  # the sender claims meanwhile (a planner thread and the senders share the table)
+                seen.append(explain_claim(ledger, "reader05000@example.com", generic=False))
+            yield Subscriber(f"reader{i:05}@example.com")
+
+    ledger.plan(DAY, readers(), lambda s: f"<{s.key}>")
+    assert seen[0]["Actual Rows"] == 16 and rows_read_from_deliveries(seen[0]) <= 4 * 16
+
+
 def test_an_acceptance_group_is_one_round_trip_on_postgres(fresh_ledger, monkeypatch):
     ledger = fresh_ledger
     ledger.plan(DAY, (Subscriber(address) for address in READERS[:5]), lambda s: f"<{s.key}>")
