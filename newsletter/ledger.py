@@ -56,7 +56,9 @@ class Ledger(Protocol):
     def error(self, exc: BaseException) -> StorageError: ...
     def plan(self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str]) -> int: ...
     def claim(self, day: date, owner: str, *, now: float, until: float, limit: int,
-              after: str | None = None, only_failed: bool = False, only_pending: bool = False) -> list[Due]: ...  # fmt: skip
+              after: str | None = None, only_failed: bool = False, only_pending: bool = False,
+              after_row: int | None = None) -> list[Due]: ...  # fmt: skip
+    def last_row(self) -> int: ...
     def holders(self, day: date, owner: str, now: float) -> list[str]: ...
     def renew(self, day: date, owner: str, until: float) -> int: ...
     def release(self, day: date, owner: str) -> None: ...
@@ -96,7 +98,8 @@ INSERT_ROWS_PG = {
 
 # A claim: the next due rows of the edition with no live lease, taken for an owner in one statement
 # (inside a write transaction; PostgreSQL skips the rows another claim has locked). ``{where}`` is
-# "d.email > ?" (the sender's first pass, walking the primary key) or "d.lease_owner != ''" (rows
+# "d.email > ?" (the sender's first pass, walking the primary key), "d.rowid > ?" (rows planned while
+# the sender works, in the order they were added; "d.id" on PostgreSQL) or "d.lease_owner != ''" (rows
 # whose sender died or gave them back). The rows are picked once, in a materialized CTE (an
 # ``IN (SELECT ... LIMIT ... FOR UPDATE SKIP LOCKED)`` may be evaluated again by PostgreSQL and
 # take more than the limit). RETURNING carries the reader's public id for the links. ``{picked}``
@@ -104,10 +107,10 @@ INSERT_ROWS_PG = {
 CLAIM_ROWS = (
     "WITH picked AS MATERIALIZED (SELECT d.email FROM deliveries d WHERE d.day = ? AND d.status IN ({statuses}) "
     "AND {scope} AND {where} AND d.lease_until < ? "
-    "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) ORDER BY d.email LIMIT ?{lock}) "
+    "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = d.email) ORDER BY {order} LIMIT ?{lock}) "
     "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE day = ? AND email {picked} "
     "RETURNING email, address, name, timezone, attempts, message_id, "
-    "(SELECT u.public_id FROM subscribers u WHERE u.email = deliveries.email)"
+    "(SELECT u.public_id FROM subscribers u WHERE u.email = deliveries.email), deliveries.{rowid}"
 )
 CLAIM_SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"  # PostgreSQL: rows another claim holds are skipped, not waited for
 # PostgreSQL: "= ANY(ARRAY(...))", an index lookup of each picked key in every plan. With "IN (SELECT ...)"
@@ -224,14 +227,17 @@ class DatabaseLedger:
         after: str | None = None,
         only_failed: bool = False,
         only_pending: bool = False,
+        after_row: int | None = None,
     ) -> list[Due]:
         """Lease up to ``limit`` due rows to ``owner`` until ``until``, in key order; return them.
 
         ``after`` (a lower-case address, '' to start) walks the rows not yet leased past that
         key; None takes rows whose lease ran out (a dead sender's, or given back by ``release``).
-        ``only_pending`` leaves the failed rows out (those a run has given up on stay so).
+        ``after_row`` (a row id, see ``last_row``) walks instead the rows added after that one,
+        in the order they were added. ``only_pending`` leaves the failed rows out (those a run
+        has given up on stay so).
         """
-        sql, params = self.claim_statement(day, owner, now, until, limit, after, only_failed, only_pending)
+        sql, params = self.claim_statement(day, owner, now, until, limit, after, only_failed, only_pending, after_row)
         if self.conn.backend == "postgresql":  # one statement: its own transaction, one round trip
             with self._lock:
                 rows = self.conn.execute(sql, params).fetchall()
@@ -240,20 +246,33 @@ class DatabaseLedger:
                 rows = self.conn.execute(sql, params).fetchall()
         rows.sort(key=lambda row: row[0])
         return [
-            Due(0, Subscriber(row[1], row[2], row[3], public_id=row[6] or ""), row[4], row[5] or "") for row in rows
+            Due(row[7], Subscriber(row[1], row[2], row[3], public_id=row[6] or ""), row[4], row[5] or "")
+            for row in rows
         ]
+
+    def last_row(self) -> int:
+        """The id of the newest ledger row (0 when there is none): ``claim(after_row=...)`` walks those added after it."""
+        with self._lock:
+            return int(self.conn.execute(f"SELECT COALESCE(MAX({self.conn.rowid}), 0) FROM deliveries").fetchone()[0])
 
     def claim_statement(
         self, day: date, owner: str, now: float, until: float, limit: int, after: str | None, only_failed: bool,
-        only_pending: bool = False,
+        only_pending: bool = False, after_row: int | None = None,
     ) -> tuple[str, tuple[object, ...]]:  # fmt: skip
         """The SQL and parameters of a claim (see ``claim``)."""
         statuses = ("failed",) if only_failed else ("pending",) if only_pending else ("pending", "failed")
         scope, scoped = self._scope()
-        where, cursor = ("d.email > ?", (after,)) if after is not None else ("d.lease_owner != ''", ())
+        rowid, order = self.conn.rowid, "d.email"
+        cursor: tuple[object, ...]
+        if after_row is not None:
+            where, cursor, order = f"d.{rowid} > ?", (after_row,), f"d.{rowid}"
+        elif after is not None:
+            where, cursor = "d.email > ?", (after,)
+        else:
+            where, cursor = "d.lease_owner != ''", ()
         sql = CLAIM_ROWS.format(
             statuses=",".join("?" * len(statuses)), scope=scope, where=where, lock=self._skip_locked(),
-            picked=CLAIM_PICKED[self.conn.backend],
+            picked=CLAIM_PICKED[self.conn.backend], order=order, rowid=rowid,
         )  # fmt: skip
         return sql, (day.isoformat(), *statuses, *scoped, *cursor, now, limit, owner, until, day.isoformat())
 

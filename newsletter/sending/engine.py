@@ -117,7 +117,8 @@ class Claims:
         self.ledger, self.day, self.lease, self.batch = ledger, day, lease, batch
         self.only_failed, self.clock = only_failed, clock
         self.planning = planning  # set once every row is planned; None: they all are
-        self.behind: str | None = "" if planning else None  # the walk over rows planned behind the first pass
+        self.behind_row: int | None = ledger.last_row() if planning else None  # the walk over rows planned meanwhile
+        self.final: str | None = None  # after the planning: the last walk, in key order
         self.owner = owner_id()
         self.after: str | None = ""  # the first pass's position (a lower-case address); None once it is done
         self.journals = journal.folder_of(ledger.conn)  # SQLite: the senders' journals, replayed before a claim
@@ -131,7 +132,7 @@ class Claims:
             if rows:
                 self.after = rows[-1].subscriber.key
                 return rows
-            if self.behind is not None and (behind := self._catch_up(now)) is not None:
+            if (self.behind_row is not None or self.final is not None) and (behind := self._catch_up(now)) is not None:
                 return behind
             self.after = None
         rows = self._claim(now, None)
@@ -150,26 +151,33 @@ class Claims:
         return None
 
     def _catch_up(self, now: float) -> list[Due] | None:
-        """While the edition is planned: the new rows behind the first pass, [] to ask again soon; None when all are taken.
+        """Rows planned while this sender works: a batch, [] to ask again soon, or None once planning is over and all are taken.
 
-        Planning adds rows in the file's order, anywhere in key order, so a second walk (of
-        pending rows only: those this run gave up on stay failed) starts again from the first
-        key each time it runs dry, and once more after the planning ends.
+        Planning adds rows in the file's order, anywhere in key order, so they are walked in the
+        order they were added (pending rows only: those this run gave up on stay failed). When
+        the planning ends, one last walk in key order takes any row another sender's planning
+        added before this one's newest.
         """
-        while True:
-            rows = self._claim(now, self.behind or "", only_pending=True)
+        if self.behind_row is not None:
+            rows = self._claim(now, None, only_pending=True, after_row=self.behind_row)
             if rows:
-                self.behind = rows[-1].subscriber.key
+                self.behind_row = max(row.rowid for row in rows)
                 return rows
-            self.behind = ""
-            if self.planning is None:
-                self.behind = None
-                return None
-            if not self.planning.is_set():
-                return []
-            self.planning = None  # every row is planned now: one last walk
+            if self.planning is not None:
+                if not self.planning.is_set():
+                    return []
+                self.planning = None  # rows may have been added since that claim: one more look
+                return self._catch_up(now)
+            self.behind_row, self.final = None, ""
+        if self.final is not None:
+            rows = self._claim(now, self.final, only_pending=True)
+            if rows:
+                self.final = rows[-1].subscriber.key
+                return rows
+            self.final = None
+        return None
 
-    def _claim(self, now: float, after: str | None, only_pending: bool = False) -> list[Due]:
+    def _claim(self, now: float, after: str | None, only_pending: bool = False, after_row: int | None = None) -> list[Due]:
         if self.journals is not None:  # what a killed sender recorded reaches the ledger before its rows are taken
             try:
                 journal.replay(self.journals, self.ledger)
@@ -177,7 +185,7 @@ class Claims:
                 raise Abort(f"cannot read the senders' journals in {self.journals}: {exc.strerror or exc}") from None
         return self.ledger.claim(
             self.day, self.owner, now=now, until=now + self.lease, limit=self.batch, after=after,
-            only_failed=self.only_failed, only_pending=only_pending,
+            only_failed=self.only_failed, only_pending=only_pending, after_row=after_row,
         )  # fmt: skip
 
     def renew(self) -> None:
