@@ -60,8 +60,9 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
 
 
 def cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process and of its children that have ended (a send's planning process)."""
+    usage, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
 
 
 # --- in the child processes -------------------------------------------------------------

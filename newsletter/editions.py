@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from newsletter import retention, state, storage
 from newsletter.config import Settings
@@ -24,7 +24,7 @@ from newsletter.ledger import DatabaseLedger, DigestLedger
 from newsletter.mail.outbox import write_outbox
 from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
 from newsletter.mail.wire import wire_data
-from newsletter.render import RenderedEdition, render_edition
+from newsletter.render import RenderedEdition, message_id, render_edition
 from newsletter.selection import Edition, select_edition
 from newsletter.sending.engine import SendResult, send_edition
 from newsletter.storage import Database
@@ -37,6 +37,9 @@ from newsletter.subscribers import (
     synced_recipients,
     with_public_ids,
 )
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +124,9 @@ def send_day(
             counts = ledger.counts(day)
             due = counts["failed"] if retry_failed else counts["pending"] + counts["failed"]
             progress.start(due)
-            planner = None
+            planner: Planner | PlanningProcess | None = None
             if plan and not retry_failed:  # sending starts while the list is planned
-                planner = Planner(settings, day, rendered, select, result, lambda: progress.start(due + result.planned))
+                planner = _planner(settings, day, rendered, select, result, lambda: progress.start(due + result.planned))
                 planner.start()
             try:
                 try:
@@ -180,7 +183,8 @@ class Planner:
     def _run(self) -> None:
         try:
             with storage.connect(self.settings) as conn, conn.guarded():
-                _plan(self.settings, self.day, conn, self.rendered, self.select, self.result)
+                tally = _plan(self.settings, self.day, conn, self.rendered.message_id_for, self.select, self.result)
+            _note_skipped(self.result, tally)
             self.planned()
         except BaseException as exc:  # handed to the sending thread by finish()
             self.error = exc
@@ -194,6 +198,76 @@ class Planner:
             raise self.error
 
 
+PROCESS_PLANNING_BYTES = 256 * 1024  # a list file at least this big is planned in a process of its own
+
+
+def _planner(
+    settings: Settings, day: date, rendered: RenderedEdition, select: Callable[[Subscriber], bool] | None,
+    result: SendResult, planned: Callable[[], None],
+) -> Planner | PlanningProcess:  # fmt: skip
+    """A thread plans small lists (and any with a selection); a big list is planned on another core."""
+    try:
+        big = settings.paths.subscribers.stat().st_size >= PROCESS_PLANNING_BYTES
+    except OSError:  # planning reports it in one line
+        big = False
+    if big and select is None:
+        return PlanningProcess(settings, day, result, planned)
+    return Planner(settings, day, rendered, select, result, planned)
+
+
+class PlanningProcess:
+    """Plans an edition in a process of its own (spawned: it costs a few tenths of a second, so only for big lists).
+
+    The sending process then spends its core on sending while the other core reads the list.
+    """
+
+    def __init__(self, settings: Settings, day: date, result: SendResult, planned: Callable[[], None]) -> None:
+        self.settings, self.day, self.result, self.planned = settings, day, result, planned
+        self.pool: ProcessPoolExecutor | None = None
+        self.future: Future[tuple[int, Tally]] | None = None
+        self.done = _FutureDone(self)
+
+    def start(self) -> None:
+        import multiprocessing  # here: only a big list's send needs them
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.future = self.pool.submit(plan_list, self.settings, self.day)
+        self.future.add_done_callback(lambda future: self.planned() if not future.exception() else None)
+
+    def finish(self) -> None:
+        """Wait for the planning; raise what stopped it, if anything did."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        assert self.pool is not None and self.future is not None
+        try:
+            planned, tally = self.future.result()
+        except BrokenProcessPool:
+            raise DeliveryError("the planning process died; re-run send (every row not sent stays pending)") from None
+        finally:
+            self.pool.shutdown()
+        self.result.planned = planned
+        _note_skipped(self.result, tally)
+
+
+class _FutureDone:
+    """``is_set()`` of a planning process, as the engine asks it of a thread's Event."""
+
+    def __init__(self, planning: PlanningProcess) -> None:
+        self.planning = planning
+
+    def is_set(self) -> bool:
+        return self.planning.future is not None and self.planning.future.done()
+
+
+def plan_list(settings: Settings, day: date) -> tuple[int, Tally]:
+    """In the planning process: sync the list and plan the date's rows; return how many were new and what was skipped."""
+    result = SendResult(day)
+    with storage.connect(settings) as conn, conn.guarded():
+        tally = _plan(settings, day, conn, lambda s: message_id(settings, day, s.email), None, result)
+    return result.planned, tally
+
+
 def plan_day(settings: Settings, day: date, *, retry_failed: bool = False, now: datetime | None = None) -> SendResult:
     """Record, render and plan an edition without sending it (``send --processes`` plans once, then its senders help)."""
     conn = storage.connect(settings)
@@ -201,7 +275,7 @@ def plan_day(settings: Settings, day: date, *, retry_failed: bool = False, now: 
         with conn.guarded():
             rendered, result = _prepare(settings, day, conn, retry_failed=retry_failed, now=now)
             if not retry_failed:
-                _plan(settings, day, conn, rendered, None, result)
+                _note_skipped(result, _plan(settings, day, conn, rendered.message_id_for, None, result))
             return result
     finally:
         conn.close()
@@ -221,11 +295,11 @@ def _plan(
     settings: Settings,
     day: date,
     conn: Database,
-    rendered: RenderedEdition,
+    message_id_of: Callable[[Subscriber], str],
     select: Callable[[Subscriber], bool] | None,
     result: SendResult,
-) -> None:
-    """Sync the list, then add the date's digest rows and edition rows not yet in the ledger.
+) -> Tally:
+    """Sync the list, then add the date's digest rows and edition rows not yet in the ledger; return what was skipped.
 
     Digest rows go first (their readers get no daily edition that date), so the list is synced
     before either is planned. A list that had no weekly reader and no recent digest has nobody
@@ -242,11 +316,11 @@ def _plan(
     if digests_possible(conn, day):
         sync_csv(csv, conn, Tally())  # its bad rows are reported just below
         plan_digests(settings, day, conn, Tally(), select)
-        result.planned = ledger.plan(day, only(iter_recipients(csv, conn, tally)), rendered.message_id_for)
+        result.planned = ledger.plan(day, only(iter_recipients(csv, conn, tally)), message_id_of)
     else:
-        result.planned = ledger.plan(day, only(synced_recipients(csv, conn, tally)), rendered.message_id_for)
+        result.planned = ledger.plan(day, only(synced_recipients(csv, conn, tally)), message_id_of)
         plan_digests(settings, day, conn, Tally(), select)  # the weekly readers the file just brought, if any
-    _note_skipped(result, tally)
+    return tally
 
 
 def _with_digests(result: SendResult, digests: SendResult) -> SendResult:

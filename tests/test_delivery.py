@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -490,3 +491,27 @@ def test_a_ledger_that_cannot_record_stops_the_send_and_loses_no_one(smtp_server
     assert sorted(set(received)) == sorted(f"reader{i}@example.com" for i in range(20))
     assert len(received) == 20 + (1 if settings.database.url else 0), "only the message in flight is sent twice"
     assert again.delivered == 20 - sent + (1 if settings.database.url else 0)
+
+
+def test_a_big_list_is_planned_in_a_process_of_its_own_while_the_first_rows_go_out(smtp_server, make_sender, monkeypatch):
+    from newsletter import editions
+
+    monkeypatch.setattr(editions, "PROCESS_PLANNING_BYTES", 1)  # every list counts as big here
+    settings = make_sender(smtp_server, count=30, extra="not-an-address,Nobody,\n")
+    result = send_day(settings, DAY)
+    assert (result.delivered, result.planned, result.skipped) == (30, 30, 1) and result.complete
+    assert "1 invalid" in result.summary()
+    assert Counter(smtp_server.handler.recipients()) == Counter({f"reader{i}@example.com": 1 for i in range(30)})
+    assert {row["status"] for row in ledger_rows(settings).values()} == {"delivered"}
+
+
+def test_a_planning_process_that_fails_is_one_line_and_sends_nothing(smtp_server, make_sender, monkeypatch):
+    from newsletter import editions
+    from newsletter.errors import SubscriberError
+
+    monkeypatch.setattr(editions, "PROCESS_PLANNING_BYTES", 1)
+    settings = make_sender(smtp_server, count=3)
+    settings.paths.subscribers.write_text("address,name\nreader0@example.com,R\n")
+    with pytest.raises(SubscriberError, match="no 'email' column"):
+        send_day(settings, DAY)
+    assert smtp_server.handler.messages == []

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Protocol
 
 from newsletter.config import Settings
 from newsletter.errors import DeliveryError, RelayDown
@@ -89,6 +90,12 @@ class SendResult:
         )
 
 
+class Done(Protocol):
+    """Whether something is over (a threading.Event, or a planning process's future)."""
+
+    def is_set(self) -> bool: ...
+
+
 @dataclass
 class Work:
     """One recipient in the queue, with what this run has tried so far."""
@@ -112,7 +119,7 @@ class Claims:
 
     def __init__(
         self, ledger: Ledger, day: date, *, lease: float, batch: int, only_failed: bool = False,
-        clock: Callable[[], float] = time.time, planning: threading.Event | None = None,
+        clock: Callable[[], float] = time.time, planning: Done | None = None,
     ) -> None:  # fmt: skip
         self.ledger, self.day, self.lease, self.batch = ledger, day, lease, batch
         self.only_failed, self.clock = only_failed, clock
@@ -475,7 +482,7 @@ def send_edition(
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
     result: SendResult | None = None,
-    planning: threading.Event | None = None,
+    planning: Done | None = None,
 ) -> SendResult:
     """Send the edition to every due ledger row over smtp.connections parallel connections.
 
