@@ -25,6 +25,7 @@ Run: nice .venv/bin/python benchmarks/bench_storage.py [SMALL [LARGE [SAMPLE]]] 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -85,10 +86,10 @@ def has_postgres_backend() -> bool:
 class Postgres:
     """A throwaway PostgreSQL server; each run gets a database copied from the template."""
 
-    def __init__(self, server) -> None:
+    def __init__(self, server, tracked: bool) -> None:
         import psycopg
 
-        self.server = server
+        self.server, self.tracked = server, tracked  # tracked: pg_stat_statements is loaded
         self.psycopg = psycopg
         with self.admin() as conn:
             folder = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()[0]
@@ -111,13 +112,50 @@ class Postgres:
     def cpu(self) -> float:
         return process_cpu(self.pid)
 
+    def reset_statements(self) -> None:
+        """Forget the statement statistics (pg_stat_statements) gathered so far."""
+        if not self.tracked:
+            return
+        with self.admin() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+
+    def statements(self, database: str, count: int) -> str:
+        """Where the server's statement time went in one database: calls and time per message, by statement."""
+        if not self.tracked:
+            return "not measured (no pg_stat_statements in this PostgreSQL)"
+        with self.admin() as conn:
+            rows = conn.execute(
+                "SELECT s.calls, s.total_exec_time, s.query FROM pg_stat_statements s JOIN pg_database d "
+                "ON d.oid = s.dbid WHERE d.datname = %s ORDER BY s.total_exec_time DESC",
+                (database,),
+            ).fetchall()
+        calls, total = sum(r[0] for r in rows), sum(r[1] for r in rows)
+        top = ", ".join(
+            f"{statement_name(query)} {ms * 1000 / count:.0f} us ({n / count:.2f} a message)"
+            for n, ms, query in rows[:4]
+        )
+        return f"{calls / count:.2f} statements and {total * 1000 / count:.0f} us of statement time a message: {top}"
+
+
+def statement_name(query: str) -> str:
+    """A short name for a statement of the ledger: its verb and table (a claim: 'claim')."""
+    words = query.split()
+    if query.startswith("WITH picked"):
+        return "claim"
+    table = next((w for before, w in itertools.pairwise(words) if before.upper() in {"UPDATE", "INTO", "FROM"}), "")
+    return f"{words[0].upper()} {table}".strip()
+
 
 @contextlib.contextmanager
 def postgres_server() -> Iterator[Postgres]:
-    from tests.pgserver import running_server
+    from tests.pgserver import find_bindir, running_server
 
-    with running_server() as server:
-        yield Postgres(server)
+    bindir = find_bindir()
+    tracked = bindir is not None and (bindir.parent / "lib" / "pg_stat_statements.so").exists()
+    settings = {"shared_preload_libraries": "pg_stat_statements"} if tracked else {}  # where the server's time goes
+    with running_server(settings) as server:
+        yield Postgres(server, tracked)
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -188,6 +226,8 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int) -> None:
         shutil.copytree(template, run)
         run_url = pg.create(f"bench_run{processes}", "bench_template") if pg else ""
         run_config = write_config(run, csv, port, run_url)
+        if pg:
+            pg.reset_statements()
         cpu0, server0, started = children_cpu(), pg.cpu() if pg else 0.0, time.perf_counter()
         send(run_config, processes, multi)
         elapsed = time.perf_counter() - started
@@ -202,6 +242,8 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int) -> None:
             f" CPU per message: senders {figures[processes]['cpu_us']:.0f} us{server}",
             flush=True,
         )
+        if pg:
+            print(f"        database server: {pg.statements(f'bench_run{processes}', count)}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     one = figures[1]["rate"]
     print(f"      ({how}; each run plans, then sends; the list was synced beforehand)")
