@@ -97,7 +97,8 @@ INSERT_ROWS_PG = {
 }
 
 # A claim: the next due rows of the edition with no live lease, taken for an owner in one statement
-# (inside a write transaction; PostgreSQL skips the rows another claim has locked). ``{where}`` is
+# (SQLite: inside a write transaction; PostgreSQL: on its own, skipping the rows another claim has
+# locked). ``{where}`` is
 # "d.email > ?" (the sender's first pass, walking the primary key), "d.rowid > ?" (rows planned while
 # the sender works, in the order they were added; "d.id" on PostgreSQL) or "d.lease_owner != ''" (rows
 # whose sender died or gave them back). The rows are picked once, in a materialized CTE (an
