@@ -6,9 +6,9 @@
    end to end (planning included) and CPU per message (the senders, and for PostgreSQL the
    database server too). Target: 2 processes at least 1.6x the rate of 1 on a 2-core machine.
 2. million: LARGE (default 1,000,000) subscribers through the library, one sender: the first
-   sync of the CSV into the list, planning the edition (send_day until its first message), then
-   sending a SAMPLE and stopping (the full send is extrapolated from the sample's rate and says
-   so); the rows not sent in the sample are then marked delivered so that the database holds a
+   sync of the CSV into the list, planning the edition (send_day plans it in a thread while it
+   sends: until the whole list is planned), and sending a SAMPLE meanwhile, then stopping (the
+   full send is extrapolated from the sample's rate and says so); the rows not sent in the sample are then marked delivered so that the database holds a
    whole edition; database size before the edition, with it, after `prune`, and after the next
    edition's planning (target: no larger than with the first, the freed space reused). On
    PostgreSQL the deliveries table is vacuumed after the edition and after `prune`, as
@@ -316,25 +316,28 @@ def million_child(config: str, count: int, sample: int) -> None:
     stop = threading.Event()
     marks: dict[str, float] = {}
 
-    class Sample:
+    class Sample:  # send_day's progress: sending starts while the list is planned (in a thread)
         sent = 0
 
         def start(self, total: int) -> None:
-            marks["planned"] = time.perf_counter()
+            marks["planned"] = time.perf_counter()  # its last call: the whole list is planned
 
         def update(self, count: int) -> None:
+            marks.setdefault("first", time.perf_counter())
             self.sent += count
-            if self.sent >= sample:
+            if self.sent >= sample and "stopped" not in marks:
+                marks["stopped"], figures["sent"] = time.perf_counter(), self.sent
                 stop.set()
 
         def close(self) -> None:
-            marks["stopped"] = time.perf_counter()
+            marks.setdefault("stopped", time.perf_counter())
+            figures.setdefault("sent", self.sent)
 
     started = time.perf_counter()
-    result = send_day(settings, DAY, stop=stop, progress=Sample())
+    send_day(settings, DAY, stop=stop, progress=Sample())
     figures["plan_s"] = marks["planned"] - started
-    figures["sent"] = result.delivered
-    figures["send_rate"] = result.delivered / (marks["stopped"] - marks["planned"])
+    figures["first_s"] = marks["first"] - started
+    figures["send_rate"] = figures["sent"] / (marks["stopped"] - marks["first"])
 
     reply = db.execute("SELECT last_reply FROM deliveries WHERE status = 'delivered' LIMIT 1").fetchone()[0]
     db.execute(  # the rest of the edition as if sent: a whole edition's rows, for the sizes below
@@ -419,6 +422,8 @@ def million(backend: str, count: int, sample: int, pg: Postgres | None, port: in
         f"child CPU {children_cpu() - cpu0:.0f} s",
         flush=True,
     )
+    print(f"      the first message {f['first_s']:.1f} s after the start; the sample was sent while the list was "
+          "planned (in a thread of the same process)", flush=True)  # fmt: skip
     line(f"{backend}: planning {count}", f"{f['plan_s']:.0f} s ({count / f['plan_s']:.0f} rows/s)",
          f"sending them: {full:.0f} s (extrapolated); target <= 0.25 of it", f["plan_s"] <= 0.25 * full)  # fmt: skip
     line(f"{backend}: sending {count} (a SAMPLE, extrapolated)",
