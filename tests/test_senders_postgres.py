@@ -95,9 +95,9 @@ def rows_read_from_deliveries(plan: dict) -> int:
     return own + sum(rows_read_from_deliveries(child) for child in plan.get("Plans", ()))
 
 
-def explain_claim(ledger: DatabaseLedger, after: str, *, generic: bool) -> dict:
+def explain_claim(ledger: DatabaseLedger, after: str | None, *, generic: bool, after_row: int | None = None) -> dict:
     """EXPLAIN ANALYZE of the ledger's claim of 16 rows (rolled back), as psycopg's prepared statement would run it."""
-    sql, params = ledger.claim_statement(DAY, "me", 1000.0, 1300.0, 16, after, False)
+    sql, params = ledger.claim_statement(DAY, "me", 1000.0, 1300.0, 16, after, False, after_row=after_row)
     numbered = itertools.count(1)
     prepared = re.sub(r"%s", lambda _: f"${next(numbered)}", postgres.pg_sql(sql))
     conn = ledger.conn.conn
@@ -116,8 +116,8 @@ def test_a_claim_reads_the_rows_it_takes_not_the_whole_edition(fresh_ledger, gen
     ledger = fresh_ledger
     ledger.conn.execute("ANALYZE deliveries")  # statistics of an empty table, as a previous day's autovacuum leaves them
     ledger.plan(DAY, (Subscriber(f"reader{i:05}@example.com") for i in range(3000)), lambda s: f"<{s.key}>")
-    for after in ("", "reader01500@example.com"):
-        plan = explain_claim(ledger, after, generic=generic)
+    for after, after_row in (("", None), ("reader01500@example.com", None), (None, 1500)):  # by key, by row id
+        plan = explain_claim(ledger, after, generic=generic, after_row=after_row)
         assert plan["Actual Rows"] == 16
         assert rows_read_from_deliveries(plan) <= 4 * 16, "a claim walks the key, it does not scan the edition"
 
