@@ -65,9 +65,9 @@ def signer(settings: Settings) -> Callable[[bytes], bytes] | None:
         selector = (dkim.ed25519_selector or f"{dkim.selector}-ed25519").encode()
         keys.append(DkimKey(domain, selector, b"ed25519-sha256", load_key("dkim.ed25519_key", dkim.ed25519_key)))
 
-    def sign(message: bytes, body_hash: bytes | None = None) -> bytes:
+    def sign(message: bytes, body_hash: bytes | None = None, headers: bytes | None = None) -> bytes:
         now = int(time.time())
-        return b"".join(signature(message, key, now, body_hash) for key in keys) + message
+        return b"".join(signature(message, key, now, body_hash, headers) for key in keys) + message
 
     return sign
 
@@ -89,10 +89,13 @@ def load_key(field: str, path: Path | None) -> rsa.RSAPrivateKey | ed25519.Ed255
     return key
 
 
-def signature(message: bytes, key: DkimKey, now: int, body_hash: bytes | None = None) -> bytes:
+def signature(
+    message: bytes, key: DkimKey, now: int, body_hash: bytes | None = None, headers: bytes | None = None
+) -> bytes:
     """The DKIM-Signature header field (folded, ending with CRLF) of a CRLF message.
 
-    ``body_hash`` (base64, from ``body_hasher``) saves canonicalizing the body again.
+    ``body_hash`` (base64, from ``body_hasher``) saves canonicalizing the body again, and
+    ``headers`` (from ``header_canonicalizer``: the signed fields, canonical, in h= order) the head.
     """
     head, _, body = message.partition(b"\r\n\r\n")
     body_hash = body_hash or base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
@@ -102,12 +105,17 @@ def signature(message: bytes, key: DkimKey, now: int, body_hash: bytes | None = 
         (b"h", b" : ".join(INCLUDED)), (b"bh", body_hash),
     ]  # fmt: skip
     unsigned = _fold(b"; ".join(b"=".join(f) for f in fields) + b"; b=")
-    hasher = hashlib.sha256()
-    for name, value in select_headers(parse_headers(head), INCLUDED):
-        hasher.update(relaxed_header(name, value))
+    if headers is None:
+        headers = canonical_headers(head)
+    hasher = hashlib.sha256(headers)
     hasher.update(relaxed_header(b"DKIM-Signature", b" " + unsigned).removesuffix(b"\r\n"))
     signed = base64.b64encode(key.sign(hasher.digest()))
     return b"DKIM-Signature: " + unsigned + _fold_b(signed) + b"\r\n"
+
+
+def canonical_headers(head: bytes) -> bytes:
+    """The signed header fields of a message head, relaxed-canonical, in the order of h= (INCLUDED)."""
+    return b"".join(relaxed_header(name, value) for name, value in select_headers(parse_headers(head), INCLUDED))
 
 
 def parse_headers(head: bytes) -> list[tuple[bytes, bytes]]:
@@ -173,6 +181,63 @@ _TOKEN = b"XXNEWSLETTER%bXX"
 _UNSAFE_VALUE = re.compile(rb"[\t\r\n]|  |^ | $")
 
 
+def _filler(canonical: bytes, slots: tuple[bytes, ...]) -> Callable[[dict[bytes, bytes]], list[bytes] | None] | None:
+    """Split a canonicalized template at its placeholder tokens; a function that fills it with clean values, else None.
+
+    ``slots`` are the placeholders the template must hold, in order. An empty value is safe
+    only between two characters that canonicalization leaves alone.
+    """
+    pieces = re.split(rb"XXNEWSLETTER([A-Z]+)XX", canonical)
+    parts, found = pieces[0::2], tuple(pieces[1::2])
+    if found != slots:
+        return None
+    soft = (b"", b" ", b"\t", b"\r", b"\n")
+    hard = [
+        before[-1:] not in soft and after[:1] not in soft for before, after in zip(parts[:-1], parts[1:], strict=True)
+    ]
+
+    def fill(values: dict[bytes, bytes]) -> list[bytes] | None:
+        out = [parts[0]]
+        for i, slot in enumerate(slots):
+            value = values[slot]
+            if _UNSAFE_VALUE.search(value) or not (value or hard[i]):
+                return None
+            out.append(value)
+            out.append(parts[i + 1])
+        return out
+
+    return fill
+
+
+def header_canonicalizer(
+    segments: tuple[bytes, ...], slots: tuple[bytes, ...]
+) -> Callable[[dict[bytes, bytes]], bytes | None] | None:
+    """The signed header fields of an edition's messages, canonicalized once from the segments; None if unsafe.
+
+    The same reasoning as ``body_hasher``: a clean one-line value changes no run of
+    whitespace and no line end, so the canonical fields of a message are the canonical
+    template's fields joined with its values. A function answering None for a value that is
+    not clean (the head is then canonicalized whole).
+    """
+    head = next((i for i, segment in enumerate(segments) if b"\r\n\r\n" in segment), None)
+    if head is None:
+        return None
+    template = segments[0] + b"".join(
+        _TOKEN % slot + segment for slot, segment in zip(slots[:head], segments[1 : head + 1], strict=True)
+    )
+    canonical = canonical_headers(template.split(b"\r\n\r\n", 1)[0])
+    used = tuple(re.findall(rb"XXNEWSLETTER([A-Z]+)XX", canonical))
+    fill = _filler(canonical, used)
+    if fill is None:
+        return None
+
+    def headers(values: dict[bytes, bytes]) -> bytes | None:
+        parts = fill(values)
+        return None if parts is None else b"".join(parts)
+
+    return headers
+
+
 def body_hasher(
     segments: tuple[bytes, ...], slots: tuple[bytes, ...]
 ) -> Callable[[dict[bytes, bytes]], bytes | None] | None:
@@ -193,25 +258,17 @@ def body_hasher(
     template = first + b"".join(
         _TOKEN % slot + segment for slot, segment in zip(body_slots, segments[head + 1 :], strict=True)
     )
-    canonical = relaxed_body(template)
-    pieces = re.split(rb"XXNEWSLETTER([A-Z]+)XX", canonical)
-    parts, found = pieces[0::2], tuple(pieces[1::2])
-    if found != body_slots:
+    fill = _filler(relaxed_body(template), body_slots)
+    if fill is None:
         return None
-    soft = (b"", b" ", b"\t", b"\r", b"\n")
-    # an empty value is safe only between two characters that canonicalization leaves alone
-    hard = [
-        before[-1:] not in soft and after[:1] not in soft for before, after in zip(parts[:-1], parts[1:], strict=True)
-    ]
 
     def body_hash(values: dict[bytes, bytes]) -> bytes | None:
-        hasher = hashlib.sha256(parts[0])
-        for i, slot in enumerate(body_slots):
-            value = values[slot]
-            if _UNSAFE_VALUE.search(value) or not (value or hard[i]):
-                return None
-            hasher.update(value)
-            hasher.update(parts[i + 1])
+        parts = fill(values)
+        if parts is None:
+            return None
+        hasher = hashlib.sha256()
+        for part in parts:
+            hasher.update(part)
         return base64.b64encode(hasher.digest())
 
     return body_hash

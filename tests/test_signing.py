@@ -175,3 +175,21 @@ def test_the_body_hash_from_pre_canonicalized_segments_equals_canonicalizing_the
     values = rendered.values_for(Subscriber("ada@example.com", name))
     body = join_segments(rendered.segments, rendered.slots, values).split(b"\r\n\r\n", 1)[1]
     assert rendered.body_hash(values) == base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+
+
+@pytest.mark.parametrize("name", ["", "Ada", "Zoë Ünïcode", ".dot first", "two  spaces", "tab\there", 'Quote "me"'])
+def test_the_signed_headers_from_the_canonical_template_equal_canonicalizing_the_message(signed_settings, name):
+    from newsletter.render import join_segments
+    from newsletter.signing import canonical_headers
+
+    edition = select_edition(date(2026, 6, 24), load_events(signed_settings.paths.events))
+    rendered = render_edition(edition, signed_settings)
+    assert rendered.signed_headers is not None, "our templates allow the fast path"
+    subscriber = Subscriber("ada@example.com", name, public_id="%032x" % 7)
+    values = rendered.values_for(subscriber)
+    head = join_segments(rendered.segments, rendered.slots, values).split(b"\r\n\r\n", 1)[0]
+    fast = rendered.signed_headers(values)
+    assert fast is None or fast == canonical_headers(head)
+    assert b"list-unsubscribe:" in canonical_headers(head) and b"to:" in canonical_headers(head)
+    if name in ("", "Ada", "Zoë Ünïcode", 'Quote "me"'):
+        assert fast is not None, "a clean value takes the fast path"
