@@ -183,9 +183,24 @@ def rows_ruled_by_list(conn: Database, emails: list[str]) -> list[str]:
     return [row[0] for row in rows]
 
 
-def subscriber_rows_not_from_csv(conn: Database) -> Iterator[Row]:
-    """Stream the rows added on the web, by the CLI or by an import (not by paths.subscribers)."""
-    yield from conn.execute(SELECT_SUBSCRIBERS + " WHERE s.source != 'csv' ORDER BY s.created_at, s.email")
+def subscriber_rows_not_from_csv(conn: Database, chunk: int = 1000) -> Iterator[Row]:
+    """Stream the rows added on the web, by the CLI or by an import (not by paths.subscribers).
+
+    Read ``chunk`` rows at a time, each query read whole: no read transaction stays open
+    while the caller writes (planning inserts ledger rows between them, and on SQLite a
+    snapshot held across another connection's commit could not write any more).
+    """
+    created, email = "", ""
+    while True:
+        rows = conn.execute(
+            SELECT_SUBSCRIBERS + " WHERE s.source != 'csv' AND (s.created_at > ? OR (s.created_at = ? AND s.email > ?)) "
+            "ORDER BY s.created_at, s.email LIMIT ?",
+            (created, created, email, chunk),
+        ).fetchall()
+        yield from rows
+        if len(rows) < chunk:
+            return
+        created, email = rows[-1]["created_at"], rows[-1]["email"]
 
 
 def update_preferences(

@@ -183,3 +183,12 @@ def test_a_send_reads_the_file_once_and_sees_what_a_sync_then_a_read_would(tmp_p
         ("web@example.net", "Web", ""),
     ]
     assert counts == (1, 1, 1) and listed == ["ada@example.com", "cy@example.com"], "the file is synced: gone left"
+
+
+def test_the_list_beyond_the_file_is_read_in_chunks_in_the_same_order(tmp_path):
+    conn = sqlite.connect(tmp_path / "var")
+    for i in range(7):
+        state.add_subscriber(conn, f"web{i}@example.net", source="web")
+    whole = [row["email"] for row in state.subscriber_rows_not_from_csv(conn)]
+    assert [row["email"] for row in state.subscriber_rows_not_from_csv(conn, chunk=3)] == whole
+    assert sorted(whole) == [f"web{i}@example.net" for i in range(7)]
