@@ -149,11 +149,20 @@ def test_an_acceptance_group_is_one_round_trip_on_postgres(fresh_ledger, monkeyp
     ledger.mark_delivered_many(DAY, [("Reader0@Example.com", "250 ok: queued as A"), (READERS[1], "250 ok: B")])
     assert len(calls) == 1, "one pipeline: one round trip, one implicit transaction"
     monkeypatch.undo()
+    single: list[str] = []
+    real_one = ledger.conn._execute
+    monkeypatch.setattr(ledger.conn, "_execute", lambda sql, params: single.append(sql) or real_one(sql, params))
+    monkeypatch.setattr(ledger.conn, "_executemany", None)
+    monkeypatch.setattr(ledger.conn, "_begin", None)
+    ledger.mark_delivered_many(DAY, [(READERS[4], "250 ok: E")])
+    assert len(single) == 1 and single[0].startswith("UPDATE"), "one acceptance: one statement, no BEGIN or COMMIT"
+    monkeypatch.undo()
     rows = {row["email"]: row for row in ledger.conn.execute("SELECT * FROM deliveries")}
     assert [rows[a]["last_reply"] for a in READERS[:2]] == ["250 ok: queued as A", "250 ok: B"]
     assert all(rows[a]["status"] == "delivered" and rows[a]["attempts"] == 1 for a in READERS[:2])
     assert all(rows[a]["lease_owner"] == "" and rows[a]["lease_until"] == 0 for a in READERS[:2])
-    assert {rows[a]["status"] for a in READERS[2:5]} == {"pending"} and rows[READERS[2]]["lease_owner"] == "me"
+    assert {rows[a]["status"] for a in READERS[2:4]} == {"pending"} and rows[READERS[2]]["lease_owner"] == "me"
+    assert rows[READERS[4]]["status"] == "delivered" and rows[READERS[4]]["last_reply"] == "250 ok: E"
     ledger.mark_delivered_many(DAY, [(READERS[0], "250 again")])  # recorded twice (a replay): no change
     row = ledger.conn.execute("SELECT attempts, last_reply FROM deliveries WHERE email = ?", (READERS[0],)).fetchone()
     assert tuple(row) == (1, "250 ok: queued as A")
