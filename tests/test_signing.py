@@ -185,7 +185,7 @@ def test_the_signed_headers_from_the_canonical_template_equal_canonicalizing_the
     edition = select_edition(date(2026, 6, 24), load_events(signed_settings.paths.events))
     rendered = render_edition(edition, signed_settings)
     assert rendered.signed_headers is not None, "our templates allow the fast path"
-    subscriber = Subscriber("ada@example.com", name, public_id="%032x" % 7)
+    subscriber = Subscriber("ada@example.com", name, public_id=f"{7:032x}")
     values = rendered.values_for(subscriber)
     head = join_segments(rendered.segments, rendered.slots, values).split(b"\r\n\r\n", 1)[0]
     fast = rendered.signed_headers(values)
