@@ -275,6 +275,17 @@ class WorkQueue:
                 self.cond.wait(min(max(wait, 0.0), 0.25))
             return None
 
+    def take_now(self) -> Work | None:
+        """A recipient at hand (a retry that is due, or a claimed row), without waiting or claiming; else None."""
+        with self.cond:
+            if self.stop.is_set():
+                return None
+            if self.retries and self.retries[0][0] <= self.clock():
+                return self._hand(heapq.heappop(self.retries)[2])
+            if self.rows:
+                return self._hand(Work(self.rows.popleft()))
+            return None
+
     def _refill(self) -> None:
         batch = self.claims()
         if batch is None:
@@ -583,7 +594,7 @@ def _worker(run: Run) -> None:
     connection.before_data = lambda: run.accepted.ensure(ticket[0])
     work: Work | None = None
     try:
-        while _recorded(run, ticket[0]) and (work := run.queue.take()) is not None:
+        while (work := _next(run, ticket[0])) is not None:
             _deliver(run, connection, work, ticket)
     except run.ledger.errors as exc:
         run.halt(str(run.ledger.error(exc)))
@@ -597,6 +608,14 @@ def _worker(run: Run) -> None:
             run.queue.done(work)  # stays pending
         _recorded(run, ticket[0])
         connection.close()
+
+
+def _next(run: Run, ticket: int) -> Work | None:
+    """The next recipient: one at hand goes at once (its envelope overlaps recording the last acceptance); else record, then wait."""
+    work = run.queue.take_now()
+    if work is None and _recorded(run, ticket):
+        work = run.queue.take()
+    return work
 
 
 def _recorded(run: Run, ticket: int) -> bool:
@@ -614,6 +633,9 @@ def _deliver(run: Run, connection: Connection, work: Work, ticket: list[int]) ->
     subscriber = work.due.subscriber
     if (run.throttle.limited and not _recorded(run, ticket[0])) or not run.throttle.wait(run.stop):
         run.queue.done(work)  # asked to stop: stays pending
+        return
+    if not connection.is_open and not _recorded(run, ticket[0]):  # opening may take a while: record first
+        run.queue.done(work)
         return
     if not _open(run, connection, work):
         return
@@ -634,7 +656,7 @@ def _deliver(run: Run, connection: Connection, work: Work, ticket: list[int]) ->
         run.halt(str(exc), relay=True)
     except Temporary as exc:
         _temporary(run, work, exc)
-        if isinstance(exc, Dropped):
+        if isinstance(exc, Dropped) and _recorded(run, ticket[0]):
             run.stop.wait(min(run.backoff(1), RECONNECT_CAP))  # the connection's own backoff before reopening
     else:
         ticket[0] = run.accepted.add(subscriber.email, reply)
