@@ -60,7 +60,7 @@ class Throttle:
 
     def reserve(self) -> float:
         """Take the next slot of the shared budget (a Unix time) and return it."""
-        if self.interval and not self.per_hour:  # one statement, its own transaction: one round trip
+        if self.interval and not self.per_hour and self.db.backend == "postgresql":  # one statement: one round trip
             with self._lock:
                 return self._next_slot(self.clock())
         with self._lock, self.db.transaction():
