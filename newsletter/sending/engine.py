@@ -139,7 +139,7 @@ class Claims:
             if rows:
                 self.after = rows[-1].subscriber.key
                 return rows
-            if (self.behind_row is not None or self.final is not None) and (behind := self._catch_up(now)) is not None:
+            if (behind := self._catch_up(now)) is not None:
                 return behind
             self.after = None
         rows = self._claim(now, None)
@@ -184,7 +184,9 @@ class Claims:
             self.final = None
         return None
 
-    def _claim(self, now: float, after: str | None, only_pending: bool = False, after_row: int | None = None) -> list[Due]:
+    def _claim(
+        self, now: float, after: str | None, only_pending: bool = False, after_row: int | None = None
+    ) -> list[Due]:
         if self.journals is not None:  # what a killed sender recorded reaches the ledger before its rows are taken
             try:
                 journal.replay(self.journals, self.ledger)
@@ -388,26 +390,24 @@ class Acceptances:
         with self.commit:
             if self.committed >= ticket:
                 return
-            with self.hold:
-                batch, self.held, upto = self.held, [], self.added
-            if self.journal is None:
-                self._record(batch)
-            else:
-                self._journal(batch)
-            self.committed = upto
+            self._write()
 
     def flush(self) -> None:
         """Record what is held and move the journal into the ledger (the rows leave this sender's leases); raise Abort if that fails."""
         with self.commit:
-            with self.hold:
-                batch, self.held, upto = self.held, [], self.added
-            if self.journal is None:
-                self._record(batch)
-            else:
-                if batch:
-                    self._journal(batch)
+            self._write()
+            if self.journal is not None:
                 self._flush()
-            self.committed = upto
+
+    def _write(self) -> None:
+        """Record every acceptance held (the caller holds ``commit``): to the ledger, or appended to the journal."""
+        with self.hold:
+            batch, self.held, upto = self.held, [], self.added
+        if self.journal is None:
+            self._record(batch)
+        elif batch:
+            self._journal(batch)
+        self.committed = upto
 
     def finish(self) -> None:
         """The run ends: ``flush``, then close the journal (if the flush fails, it stays for a replay)."""
@@ -428,7 +428,7 @@ class Acceptances:
         try:
             self.journal.append(self.day, batch)
         except OSError as exc:
-            raise Abort(f"cannot record deliveries in {self.journal.path}: {exc.strerror or exc}") from None
+            raise self._journal_error(exc) from None
         if self.journal.due():
             self._flush()
 
@@ -439,7 +439,11 @@ class Acceptances:
         except self.ledger.errors as exc:
             raise Abort(f"cannot record deliveries in the ledger: {self.ledger.error(exc)}") from None
         except OSError as exc:
-            raise Abort(f"cannot record deliveries in {self.journal.path}: {exc.strerror or exc}") from None
+            raise self._journal_error(exc) from None
+
+    def _journal_error(self, exc: OSError) -> Abort:
+        assert self.journal is not None
+        return Abort(f"cannot record deliveries in {self.journal.path}: {exc.strerror or exc}")
 
 
 @dataclass
@@ -517,7 +521,7 @@ def send_edition(
         WorkQueue(claims.next_batch, stop, poll=min(1.0, lease / 5), soon=lambda: claims.planning is not None),
         Relay(settings),
         Throttle(ledger.conn, account(settings.smtp), settings.smtp.rate_limit, settings.smtp.max_per_hour),
-        Acceptances(ledger, day, _journal_of(ledger, claims.owner)),
+        Acceptances(ledger, day, Journal(claims.journals, claims.owner) if claims.journals else None),
         stop, progress, result, Wire(rendered),
     )  # fmt: skip
     workers = [
@@ -549,11 +553,6 @@ def send_edition(
             raise RelayDown(f"{run.abort}; {left}: the next run tries again")
         raise DeliveryError(f"{run.abort}; {left} (re-run send)")
     return result
-
-
-def _journal_of(ledger: Ledger, owner: str) -> Journal | None:
-    folder = journal.folder_of(ledger.conn)
-    return Journal(folder, owner) if folder is not None else None
 
 
 def _finish(run: Run) -> bool:
