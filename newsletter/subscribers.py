@@ -295,26 +295,17 @@ def synced_recipients(
     (rows no longer in the file leave) and the rest of the list follows. A file unchanged since
     the last sync is only read. The list is synced once the stream is consumed.
     """
-    key, signature = str(csv_path.resolve()), file_signature(csv_path)
-    if state.csv_signature(conn, key) == signature:
+    changed = _changed_csv(csv_path, conn)
+    if changed is None:
         yield from iter_recipients(csv_path, conn, tally, frequency)
         return
-    stamp = sync_stamp()
     suppressed = _suppressed(conn)
     seen = DiskSet()
     try:
-        for chunk in _chunks(read_csv(csv_path, tally), 2000):
-            fresh = [s for s in chunk if seen.add(s.key)]
-            tally.duplicates += len(chunk) - len(fresh)
-            with conn.transaction():
-                state.upsert_csv_rows(conn, [(s.email, s.name, s.timezone, s.frequency, s.weekday) for s in fresh], stamp)
+        for fresh in _synced_chunks(csv_path, conn, tally, seen, changed):
             for subscriber, _ in _csv_merged(fresh, conn):
                 if _wanted(subscriber, suppressed, frequency, tally):
                     yield subscriber
-        with conn.transaction():
-            dropped = state.finish_csv_sync(conn, key, signature, stamp)
-        if dropped:
-            log.info("%s: %d rows no longer in the file left the list", csv_path, dropped)
         for subscriber, _ in _rest_of_list(conn):
             if seen.add(subscriber.key) and _wanted(subscriber, suppressed, frequency, tally):
                 yield subscriber
@@ -577,21 +568,36 @@ def sync_csv(csv_path: Path, conn: Database, tally: Tally) -> bool:
     New addresses are added; a row of the file follows the file until someone edits it; a
     row no longer in the file (or no longer valid) leaves the list. Suppressions are kept.
     """
-    key, signature = str(csv_path.resolve()), file_signature(csv_path)
-    if state.csv_signature(conn, key) == signature:
+    changed = _changed_csv(csv_path, conn)
+    if changed is None:
         return False
-    stamp = sync_stamp()
     seen = DiskSet()
     try:
-        for chunk in _chunks(read_csv(csv_path, tally), 2000):
-            fresh = [(s.email, s.name, s.timezone, s.frequency, s.weekday) for s in chunk if seen.add(s.key)]
-            tally.duplicates += len(chunk) - len(fresh)
-            with conn.transaction():
-                state.upsert_csv_rows(conn, fresh, stamp)
+        for _ in _synced_chunks(csv_path, conn, tally, seen, changed):
+            pass
     finally:
         seen.close()
+    return True
+
+
+def _changed_csv(csv_path: Path, conn: Database) -> tuple[str, str] | None:
+    """The file's key and signature for a sync, or None if it is unchanged since the last one."""
+    key, signature = str(csv_path.resolve()), file_signature(csv_path)
+    return None if state.csv_signature(conn, key) == signature else (key, signature)
+
+
+def _synced_chunks(
+    csv_path: Path, conn: Database, tally: Tally, seen: DiskSet, changed: tuple[str, str]
+) -> Iterator[list[Subscriber]]:
+    """Write the file into the list 2,000 rows at a time, yielding each chunk's new rows once written; then finish the sync."""
+    stamp = sync_stamp()
+    for chunk in _chunks(read_csv(csv_path, tally), 2000):
+        fresh = [s for s in chunk if seen.add(s.key)]
+        tally.duplicates += len(chunk) - len(fresh)
+        with conn.transaction():
+            state.upsert_csv_rows(conn, [(s.email, s.name, s.timezone, s.frequency, s.weekday) for s in fresh], stamp)
+        yield fresh
     with conn.transaction():
-        dropped = state.finish_csv_sync(conn, key, signature, stamp)
+        dropped = state.finish_csv_sync(conn, *changed, stamp)
     if dropped:
         log.info("%s: %d rows no longer in the file left the list", csv_path, dropped)
-    return True
