@@ -126,7 +126,9 @@ def send_day(
             progress.start(due)
             planner: Planner | PlanningProcess | None = None
             if plan and not retry_failed:  # sending starts while the list is planned
-                planner = _planner(settings, day, rendered, select, result, lambda: progress.start(due + result.planned))
+                planner = _planner(
+                    settings, day, rendered, select, result, lambda: progress.start(due + result.planned)
+                )
                 planner.start()
             try:
                 try:
@@ -225,7 +227,10 @@ class PlanningProcess:
         self.settings, self.day, self.result, self.planned = settings, day, result, planned
         self.pool: ProcessPoolExecutor | None = None
         self.future: Future[tuple[int, Tally]] | None = None
-        self.done = _FutureDone(self)
+        self.done = self  # what the engine asks ``is_set()`` of, as of a planner thread's Event
+
+    def is_set(self) -> bool:
+        return self.future is not None and self.future.done()
 
     def start(self) -> None:
         import multiprocessing  # here: only a big list's send needs them
@@ -248,16 +253,6 @@ class PlanningProcess:
             self.pool.shutdown()
         self.result.planned = planned
         _note_skipped(self.result, tally)
-
-
-class _FutureDone:
-    """``is_set()`` of a planning process, as the engine asks it of a thread's Event."""
-
-    def __init__(self, planning: PlanningProcess) -> None:
-        self.planning = planning
-
-    def is_set(self) -> bool:
-        return self.planning.future is not None and self.planning.future.done()
 
 
 def plan_list(settings: Settings, day: date) -> tuple[int, Tally]:
