@@ -178,6 +178,7 @@ def _fold_b(signature: bytes, width: int = 72) -> bytes:
 
 
 _TOKEN = b"XXNEWSLETTER%bXX"
+_TOKENS = re.compile(rb"XXNEWSLETTER([A-Z]+)XX")
 _UNSAFE_VALUE = re.compile(rb"[\t\r\n]|  |^ | $")
 
 
@@ -187,7 +188,7 @@ def _filler(canonical: bytes, slots: tuple[bytes, ...]) -> Callable[[dict[bytes,
     ``slots`` are the placeholders the template must hold, in order. An empty value is safe
     only between two characters that canonicalization leaves alone.
     """
-    pieces = re.split(rb"XXNEWSLETTER([A-Z]+)XX", canonical)
+    pieces = _TOKENS.split(canonical)
     parts, found = pieces[0::2], tuple(pieces[1::2])
     if found != slots:
         return None
@@ -209,6 +210,18 @@ def _filler(canonical: bytes, slots: tuple[bytes, ...]) -> Callable[[dict[bytes,
     return fill
 
 
+def _tokened(
+    segments: tuple[bytes, ...], slots: tuple[bytes, ...]
+) -> tuple[bytes, tuple[bytes, ...], bytes, tuple[bytes, ...]] | None:
+    """The message with a token for each placeholder: its head, the head's placeholders, its body and the body's; None without a body."""
+    first = next((i for i, segment in enumerate(segments) if b"\r\n\r\n" in segment), None)
+    if first is None:
+        return None
+    whole = segments[0] + b"".join(_TOKEN % slot + segment for slot, segment in zip(slots, segments[1:], strict=True))
+    head, _, body = whole.partition(b"\r\n\r\n")
+    return head, slots[:first], body, slots[first:]
+
+
 def header_canonicalizer(
     segments: tuple[bytes, ...], slots: tuple[bytes, ...]
 ) -> Callable[[dict[bytes, bytes]], bytes | None] | None:
@@ -219,14 +232,11 @@ def header_canonicalizer(
     template's fields joined with its values. A function answering None for a value that is
     not clean (the head is then canonicalized whole).
     """
-    head = next((i for i, segment in enumerate(segments) if b"\r\n\r\n" in segment), None)
-    if head is None:
-        return None
-    template = segments[0] + b"".join(
-        _TOKEN % slot + segment for slot, segment in zip(slots[:head], segments[1 : head + 1], strict=True)
-    )
-    canonical = canonical_headers(template.split(b"\r\n\r\n", 1)[0])
-    used = tuple(re.findall(rb"XXNEWSLETTER([A-Z]+)XX", canonical))
+    template = _tokened(segments, slots)
+    if template is None or sorted(_TOKENS.findall(template[0])) != sorted(template[1]):
+        return None  # no body, or the head's text holds something that reads as a placeholder
+    canonical = canonical_headers(template[0])
+    used = tuple(_TOKENS.findall(canonical))
     fill = _filler(canonical, used)
     if fill is None:
         return None
@@ -250,15 +260,11 @@ def body_hasher(
     the canonical segments joined with the values. Otherwise the hasher answers None and
     the message is canonicalized whole.
     """
-    head = next((i for i, segment in enumerate(segments) if b"\r\n\r\n" in segment), None)
-    if head is None:
+    template = _tokened(segments, slots)
+    if template is None:
         return None
-    body_slots = slots[head:]
-    first = segments[head].split(b"\r\n\r\n", 1)[1]
-    template = first + b"".join(
-        _TOKEN % slot + segment for slot, segment in zip(body_slots, segments[head + 1 :], strict=True)
-    )
-    fill = _filler(relaxed_body(template), body_slots)
+    _, _, body, body_slots = template
+    fill = _filler(relaxed_body(body), body_slots)
     if fill is None:
         return None
 
