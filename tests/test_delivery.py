@@ -27,7 +27,7 @@ from newsletter.editions import dry_run, send_day, send_test_copy
 from newsletter.errors import DeliveryError
 from newsletter.events import load_events
 from newsletter.ledger import DatabaseLedger
-from newsletter.mail.transport import Permanent, Temporary, transaction
+from newsletter.mail.transport import Connection, Permanent, Temporary, chained, transaction
 from newsletter.mail.wire import Wire, wire_data
 from newsletter.render import render_edition
 from newsletter.selection import select_edition
@@ -377,6 +377,44 @@ def test_one_transaction_is_two_round_trips_with_pipelining_four_without(session
     assert reply.startswith("250")
     assert server.writes == (2 if handler.pipelining else 4)
     assert handler.messages[0].data.endswith(b"body\r\n")
+
+
+def test_the_next_envelope_rides_behind_the_content_so_a_message_is_one_round_trip(session):
+    server, handler = session
+    first = transaction(server, "history@example.org", "a@example.com", wire_data(b"Subject: a\r\n\r\none\r\n"),
+                        following=lambda: "b@example.com")  # fmt: skip
+    second = transaction(server, "history@example.org", "b@example.com", wire_data(b"Subject: b\r\n\r\ntwo\r\n"))
+    assert first.startswith("250") and second.startswith("250")
+    assert server.writes == (3 if handler.pipelining else 8)  # without PIPELINING each envelope goes on its own
+    assert [(m.rcpt_tos, m.data) for m in handler.messages] == [
+        (["a@example.com"], b"Subject: a\r\n\r\none\r\n"), (["b@example.com"], b"Subject: b\r\n\r\ntwo\r\n")
+    ]  # fmt: skip
+
+
+def test_a_refused_message_leaves_the_envelope_behind_it_usable(session):
+    server, handler = session
+    handler.replies.append("451 4.3.0 busy")
+    with pytest.raises(Temporary, match="451"):
+        transaction(server, "history@example.org", "a@example.com", wire_data(b"Subject: a\r\n\r\none\r\n"),
+                    following=lambda: "b@example.com")  # fmt: skip
+    handler.reject["c@example.com"] = "550 5.1.1 no such user"
+    transaction(server, "history@example.org", "b@example.com", wire_data(b"Subject: b\r\n\r\ntwo\r\n"),
+                following=lambda: "c@example.com")  # fmt: skip
+    with pytest.raises(Permanent, match="550"):  # a refused RCPT of a chained envelope: the session goes on
+        transaction(server, "history@example.org", "c@example.com", wire_data(b"Subject: c\r\n\r\nno\r\n"))
+    transaction(server, "history@example.org", "d@example.com", wire_data(b"Subject: d\r\n\r\nfour\r\n"))
+    assert handler.recipients() == ["b@example.com", "d@example.com"]
+
+
+def test_closing_with_an_envelope_open_sends_nothing_for_it(smtp_server, make_sender):
+    connection = Connection(make_sender(smtp_server))
+    connection.send("history@example.org", "a@example.com", wire_data(b"Subject: a\r\n\r\none\r\n"), lambda: "b@example.com")
+    assert connection.server is not None and chained(connection.server) == "b@example.com"
+    connection.close()  # the server waits for b's content: no QUIT (it would be read as content), no empty message
+    connection.send("history@example.org", "c@example.com", wire_data(b"Subject: c\r\n\r\nthree\r\n"))
+    connection.close()
+    assert settled_count(smtp_server.handler) == 2
+    assert smtp_server.handler.recipients() == ["a@example.com", "c@example.com"]
 
 
 def test_leading_dots_and_line_endings_survive_the_wire(session):

@@ -120,27 +120,36 @@ class Connection:
             self.close()
             self.server = open_smtp(self.settings)
 
-    def send(self, sender: str, recipient: str, wire: bytes) -> str:
+    def send(
+        self, sender: str, recipient: str, wire: bytes, following: Callable[[], str | None] | None = None
+    ) -> str:
         """Send one message, given as ``wire_data`` makes it; a refusal keeps the session (RSET).
 
         The recipient's domain goes in A-labels; one without an IDNA form is ``Unsendable``.
+        ``following`` names this connection's next recipient when one is at hand: its envelope
+        then goes out behind this message's content (``transaction``).
         """
         try:
             recipient = wire_address(recipient)
         except ValueError as exc:
             raise Unsendable(f"not sent: {exc}") from None
+        if self.server is not None and chained(self.server) not in (None, recipient):
+            self.close()  # an envelope for somebody else is open on the server: start afresh
         self.open()
         assert self.server is not None
         try:
-            return transaction(self.server, sender, recipient, wire, self.before_data)
+            return transaction(self.server, sender, recipient, wire, self.before_data, following)
         except Dropped:
             self.close()
             raise
 
     def close(self) -> None:
+        """QUIT and close; with an envelope open on the server (it may be waiting for content), close at once."""
         if self.server is not None:
             try:
-                if self.server.sock is not None:
+                if chained(self.server) is not None:
+                    self.server.close()  # a QUIT now would be read as message content
+                elif self.server.sock is not None:
                     self.server.quit()
             except (OSError, smtplib.SMTPException):
                 self.server.close()
@@ -153,29 +162,31 @@ def _host(server: smtplib.SMTP) -> str:
 
 
 def transaction(
-    server: smtplib.SMTP, sender: str, recipient: str, wire: bytes, before_data: Callable[[], None] | None = None
+    server: smtplib.SMTP,
+    sender: str,
+    recipient: str,
+    wire: bytes,
+    before_data: Callable[[], None] | None = None,
+    following: Callable[[], str | None] | None = None,
 ) -> str:
     """MAIL, RCPT, DATA for one recipient; return the final reply or raise Temporary / Permanent / Abort.
 
-    When the server offers PIPELINING (RFC 2920) the three commands go out in one write, so a
-    message costs two round trips instead of four. ``wire`` is the message already dot-stuffed
-    and terminated (``wire_data``, ``Wire``): smtplib's per-message regex is not run.
+    When the server offers PIPELINING (RFC 2920) the three commands go out in one write, and
+    the next recipient's envelope (``following``, when one is at hand) goes out in the same
+    write as this message's content, which RFC 2920 allows as the first "command" of a group:
+    a message then costs one round trip instead of four. ``wire`` is the message already
+    dot-stuffed and terminated (``wire_data``, ``Wire``): smtplib's per-message regex is not run.
     ``before_data`` runs before the content is sent, while the server answers the envelope
     (it records the previous acceptance). An address with a non-ASCII local part goes with
     SMTPUTF8 (RFC 6531) when the server offers it, and is ``Unsendable`` otherwise.
     """
-    options = " BODY=8BITMIME" if server.has_extn("8bitmime") else ""
-    if not (recipient.isascii() and sender.isascii()):
-        if not server.has_extn("smtputf8"):
-            raise Unsendable(
-                f"not sent: {recipient} has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531); "
-                f"the server {_host(server)} does not offer it"
-            )
-        options += " SMTPUTF8"
-    # both addresses were validated (config, CSV, web form), domains in A-labels: no quoting needed
-    commands = [f"MAIL FROM:<{sender}>{options}\r\n", f"RCPT TO:<{recipient}>\r\n", "DATA\r\n"]
+    commands = _envelope(server, sender, recipient)
     try:
-        if server.has_extn("pipelining"):
+        if chained(server) == recipient:  # its envelope went out behind the previous message
+            setattr(server, _CHAINED, None)
+            _before_data(server, before_data)
+            replies = [server.getreply() for _ in commands]
+        elif server.has_extn("pipelining"):
             reset = getattr(server, _RSET_DUE, False)  # the RSET after a refusal goes out with this envelope
             server.send((("RSET\r\n" if reset else "") + "".join(commands)).encode("utf-8"))
             _before_data(server, before_data)  # runs while the server answers
@@ -193,16 +204,54 @@ def transaction(
                 if replies[-1][0] not in (250, 251):
                     break
         _check_envelope(server, sender, replies)
-        server.send(wire)
+        server.send(wire + _chain(server, sender, following))
         code, reply = server.getreply()
-        if code != 250:
-            _reset(server, code)
+        if code != 250:  # the end of the data ends the transaction (RFC 5321, 4.1.1.4): no RSET needed
+            if code in (421, -1):
+                server.close()
             raise _refused(code, reply)
     except smtplib.SMTPResponseException as exc:
         raise _refused(exc.smtp_code, exc.smtp_error) from None
     except (OSError, smtplib.SMTPException) as exc:
         raise Dropped(f"connection lost: {exc or type(exc).__name__}") from None
     return f"{code} {_text(reply)}"
+
+
+def _envelope(server: smtplib.SMTP, sender: str, recipient: str) -> list[str]:
+    """MAIL, RCPT and DATA for one recipient (domains already in A-labels); Unsendable if it needs SMTPUTF8 the server lacks."""
+    options = " BODY=8BITMIME" if server.has_extn("8bitmime") else ""
+    if not (recipient.isascii() and sender.isascii()):
+        if not server.has_extn("smtputf8"):
+            raise Unsendable(
+                f"not sent: {recipient} has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531); "
+                f"the server {_host(server)} does not offer it"
+            )
+        options += " SMTPUTF8"
+    # both addresses were validated (config, CSV, web form), domains in A-labels: no quoting needed
+    return [f"MAIL FROM:<{sender}>{options}\r\n", f"RCPT TO:<{recipient}>\r\n", "DATA\r\n"]
+
+
+_CHAINED = "newsletter_chained"
+
+
+def chained(server: smtplib.SMTP) -> str | None:
+    """The recipient whose envelope went out behind the last message's content, its replies not yet read."""
+    return getattr(server, _CHAINED, None)
+
+
+def _chain(server: smtplib.SMTP, sender: str, following: Callable[[], str | None] | None) -> bytes:
+    """The next recipient's envelope, to send behind this content; empty when there is none or it must go on its own."""
+    if following is None or not server.has_extn("pipelining") or getattr(server, _RSET_DUE, False):
+        return b""
+    if (email := following()) is None:
+        return b""
+    try:
+        recipient = wire_address(email)
+        commands = _envelope(server, sender, recipient)
+    except (ValueError, Unsendable):  # it fails on its own turn, with its reason
+        return b""
+    setattr(server, _CHAINED, recipient)
+    return "".join(commands).encode("utf-8")
 
 
 def _before_data(server: smtplib.SMTP, before_data: Callable[[], None] | None) -> None:

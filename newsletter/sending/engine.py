@@ -586,15 +586,23 @@ def _release(run: Run, claims: Claims) -> None:
         log.debug("cannot give back the rows of %s (they return when the lease ends): %s", claims.owner, exc)
 
 
+@dataclass
+class Lane:
+    """One connection's state: the connection, its last acceptance's ticket, and the recipient it took next."""
+
+    connection: Connection
+    ticket: int = 0
+    upcoming: Work | None = None  # taken while the last message went out: its envelope may be on the wire already
+
+
 def _worker(run: Run) -> None:
     """One connection's loop: take a recipient, send it, record the outcome; stop the run on any surprise."""
-    connection = Connection(run.settings)
-    ticket = [0]
-    connection.before_data = lambda: run.accepted.ensure(ticket[0])
+    lane = Lane(Connection(run.settings))
+    lane.connection.before_data = lambda: run.accepted.ensure(lane.ticket)
     work: Work | None = None
     try:
-        while (work := _next(run, ticket[0])) is not None:
-            _deliver(run, connection, work, ticket)
+        while (work := _next(run, lane)) is not None:
+            _deliver(run, lane, work)
     except run.ledger.errors as exc:
         run.halt(str(run.ledger.error(exc)))
     except Abort as exc:  # recording before a wait failed
@@ -603,18 +611,28 @@ def _worker(run: Run) -> None:
         log.debug("sending thread failed", exc_info=True)
         run.halt(f"unexpected error while sending ({type(exc).__name__}: {exc})")
     finally:
-        if work is not None:
-            run.queue.done(work)  # stays pending
-        _recorded(run, ticket[0])
-        connection.close()
+        for left in (work, lane.upcoming):
+            if left is not None:
+                run.queue.done(left)  # stays pending
+        _recorded(run, lane.ticket)
+        lane.connection.close()
 
 
-def _next(run: Run, ticket: int) -> Work | None:
-    """The next recipient: one at hand goes at once (its envelope overlaps recording the last acceptance); else record, then wait."""
-    work = run.queue.take_now()
-    if work is None and _recorded(run, ticket):
+def _next(run: Run, lane: Lane) -> Work | None:
+    """The next recipient: the one taken already, or one at hand, goes at once (its envelope overlaps recording the last acceptance); else record, then wait."""
+    work, lane.upcoming = lane.upcoming, None
+    if work is None:
+        work = run.queue.take_now()
+    if work is None and _recorded(run, lane.ticket):
         work = run.queue.take()
     return work
+
+
+def _following(run: Run, lane: Lane) -> str | None:
+    """Take this connection's next recipient now, if one is at hand, so its envelope can go out with this message."""
+    if lane.upcoming is None:
+        lane.upcoming = run.queue.take_now()
+    return lane.upcoming.due.subscriber.email if lane.upcoming is not None else None
 
 
 def _recorded(run: Run, ticket: int) -> bool:
@@ -627,20 +645,21 @@ def _recorded(run: Run, ticket: int) -> bool:
     return True
 
 
-def _deliver(run: Run, connection: Connection, work: Work, ticket: list[int]) -> None:
+def _deliver(run: Run, lane: Lane, work: Work) -> None:
     """Try one recipient once; record the outcome, or put it back in the queue with a not-before time."""
-    subscriber = work.due.subscriber
-    if (run.throttle.limited and not _recorded(run, ticket[0])) or not run.throttle.wait(run.stop):
+    subscriber, connection = work.due.subscriber, lane.connection
+    if (run.throttle.limited and not _recorded(run, lane.ticket)) or not run.throttle.wait(run.stop):
         run.queue.done(work)  # asked to stop: stays pending
         return
-    if not connection.is_open and not _recorded(run, ticket[0]):  # opening may take a while: record first
+    if not connection.is_open and not _recorded(run, lane.ticket):  # opening may take a while: record first
         run.queue.done(work)
         return
     if not _open(run, connection, work):
         return
+    following = None if run.throttle.limited else lambda: _following(run, lane)  # limited: each waits for its slot
     try:
         data = run.wire.data_for(subscriber, work.due.message_id)
-        reply = connection.send(run.settings.envelope_sender, subscriber.email, data)
+        reply = connection.send(run.settings.envelope_sender, subscriber.email, data, following)
     except ValueError as exc:  # no IDNA form for the To: header
         _unsendable(run, work, Unsendable(f"not sent: {exc}"))
     except Unsendable as exc:
@@ -655,10 +674,10 @@ def _deliver(run: Run, connection: Connection, work: Work, ticket: list[int]) ->
         run.halt(str(exc), relay=True)
     except Temporary as exc:
         _temporary(run, work, exc)
-        if isinstance(exc, Dropped) and _recorded(run, ticket[0]):
+        if isinstance(exc, Dropped) and _recorded(run, lane.ticket):
             run.stop.wait(min(run.backoff(1), RECONNECT_CAP))  # the connection's own backoff before reopening
     else:
-        ticket[0] = run.accepted.add(subscriber.email, reply)
+        lane.ticket = run.accepted.add(subscriber.email, reply)
         run.relay.opened()  # the server is there: a streak of failed openings elsewhere starts again
         run.queue.done(work)
         run.count("delivered")
