@@ -277,14 +277,18 @@ class WorkQueue:
                 self.cond.wait(min(max(wait, 0.0), 0.25))
             return None
 
-    def take_now(self) -> Work | None:
-        """A recipient at hand (a retry that is due, or a claimed row), without waiting or claiming; else None."""
+    def take_now(self, spare: int = 0) -> Work | None:
+        """A recipient at hand (a retry that is due, or a claimed row), without waiting or claiming; else None.
+
+        With ``spare``, a row is taken only when more than that many are at hand (the rest are
+        left for the connections that are free).
+        """
         with self.cond:
             if self.stop.is_set():
                 return None
             if self.retries and self.retries[0][0] <= self.clock():
                 return self._hand(heapq.heappop(self.retries)[2])
-            if self.rows:
+            if len(self.rows) > spare:
                 return self._hand(Work(self.rows.popleft()))
             return None
 
@@ -630,8 +634,8 @@ def _next(run: Run, lane: Lane) -> Work | None:
 
 def _following(run: Run, lane: Lane) -> str | None:
     """Take this connection's next recipient now, if one is at hand, so its envelope can go out with this message."""
-    if lane.upcoming is None:
-        lane.upcoming = run.queue.take_now()
+    if lane.upcoming is None:  # only from a queue with a row for every other connection: a short list uses them all
+        lane.upcoming = run.queue.take_now(spare=run.settings.smtp.connections - 1)
     return lane.upcoming.due.subscriber.email if lane.upcoming is not None else None
 
 
