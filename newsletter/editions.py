@@ -26,7 +26,7 @@ from newsletter.mail.transport import Abort, Connection, Permanent, Temporary
 from newsletter.mail.wire import wire_data
 from newsletter.render import RenderedEdition, message_id, render_edition
 from newsletter.selection import Edition, select_edition
-from newsletter.sending.engine import SendResult, send_edition
+from newsletter.sending.engine import Done, SendResult, send_edition
 from newsletter.storage import Database
 from newsletter.subscribers import (
     Subscriber,
@@ -107,13 +107,15 @@ def send_day(
     progress: Progress | None = None,
     now: datetime | None = None,
     plan: bool = True,
+    planning: Done | None = None,
 ) -> SendResult:
     """The real send of one edition: record it, render it, plan recipients, send.
 
     Any number of sends of one edition may run at once (processes, machines): each plans the
     rows it finds missing and then helps, claiming rows with a lease; each returns when the
     edition has nothing left to send by anyone. ``plan=False`` only helps (another process
-    planned: ``send --processes``).
+    plans: ``send --processes``; ``planning``, when given, is set once it is over, and until
+    then the run waits for rows rather than ending).
     """
     progress = progress or NoProgress()
     conn = storage.connect(settings)
@@ -140,7 +142,7 @@ def send_day(
                         stop=stop,
                         progress=progress.update,
                         result=result,
-                        planning=planner.done if planner else None,
+                        planning=planner.done if planner else planning,
                     )
                 finally:
                     if planner:

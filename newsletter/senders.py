@@ -1,8 +1,10 @@
 """``send --processes N``: N sender processes of one edition on this machine, so that it uses all its cores.
 
-The edition is recorded, rendered and planned once, here; then N processes (spawned, each
-with its own database connection and SMTP connections) call ``send_day(plan=False)`` and
-share the edition through the ledger's leases like senders on different machines would.
+The edition is recorded, rendered and planned once, here, while N processes (spawned at once,
+each with its own database connection and SMTP connections) call ``send_day(plan=False)``
+and share the edition through the ledger's leases like senders on different machines would:
+they start sending the rows planned so far, and take the rest as they appear, until the
+planning is over (an event the pool hands each process when it starts).
 Their results add up to one summary. Errors keep their meaning: the relay down in any
 process is exit status 3 (every row not sent stays pending); a process that dies leaves its
 rows to the others (a gone process of this machine is taken over at once).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -22,7 +25,7 @@ from newsletter.config import Settings
 from newsletter.editions import NoProgress, Progress, plan_day, send_day
 from newsletter.errors import DeliveryError, NewsletterError, RelayDown
 from newsletter.ledger import DatabaseLedger
-from newsletter.sending.engine import SendResult
+from newsletter.sending.engine import Done, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,22 @@ def send_with_processes(
     progress: Progress | None = None,
     now: datetime | None = None,
 ) -> SendResult:
-    """Plan the edition once, then send it from ``processes`` processes; return their results together."""
+    """Plan the edition once while ``processes`` processes send it; return their results together."""
     progress = progress or NoProgress()
     started = time.perf_counter()
-    result = plan_day(settings, day, retry_failed=retry_failed, now=now)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds a database connection
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+    planned = context.Event()
+    planner = _Planning(settings, day, retry_failed, now, planned)
+    with ProcessPoolExecutor(
+        max_workers=processes, mp_context=context, initializer=_hand_planning, initargs=(planned,)
+    ) as pool:
         futures = [pool.submit(_sender, settings, day, retry_failed, now, verbose()) for _ in range(processes)]
-        _watch(settings, day, futures, progress, retry_failed)
+        planner.start()  # the processes start (and import) meanwhile, then send the rows planned so far
+        try:
+            _watch(settings, day, futures, progress, retry_failed)
+        finally:
+            planner.join()
+    result = planner.result()  # raises what stopped the planning
     shares, errors = _outcomes(futures)
     for share in shares:
         for outcome in OUTCOMES:
@@ -55,6 +66,44 @@ def send_with_processes(
     if errors:
         raise next((e for e in errors if isinstance(e, RelayDown)), errors[0])
     return result
+
+
+class _Planning:
+    """``plan_day`` in a thread of the parent; ``planned`` is set when it ends, however it ends."""
+
+    def __init__(self, settings: Settings, day: date, retry_failed: bool, now: datetime | None, planned: Done) -> None:
+        self.args, self.planned = (settings, day, retry_failed, now), planned
+        self.outcome: SendResult | BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="planner", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+
+    def _run(self) -> None:
+        settings, day, retry_failed, now = self.args
+        try:
+            self.outcome = plan_day(settings, day, retry_failed=retry_failed, now=now)
+        except BaseException as exc:  # handed to the caller by result()
+            self.outcome = exc
+        finally:
+            self.planned.set()  # type: ignore[attr-defined]
+
+    def result(self) -> SendResult:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
+
+
+_PLANNED: list[Done] = []  # in a sender process: the parent's planning event, handed over once by the pool
+
+
+def _hand_planning(planned: Done) -> None:
+    """The pool's initializer: keep the event that tells this process when the planning is over."""
+    _PLANNED[:] = [planned]
 
 
 def verbose() -> bool:
@@ -67,7 +116,7 @@ def _sender(settings: Settings, day: date, retry_failed: bool, now: datetime | N
 
     logs.setup(debug)
     logging.getLogger("newsletter").setLevel(logging.DEBUG if debug else settings.newsletter.log_level.upper())
-    return send_day(settings, day, retry_failed=retry_failed, now=now, plan=False)
+    return send_day(settings, day, retry_failed=retry_failed, now=now, plan=False, planning=_PLANNED[0] if _PLANNED else None)
 
 
 def _watch(settings: Settings, day: date, futures: list[Future], progress: Progress, retry_failed: bool) -> None:
@@ -79,24 +128,37 @@ def _watch(settings: Settings, day: date, futures: list[Future], progress: Progr
     """
     with storage.connect(settings) as db:
         ledger = DatabaseLedger(db)
-        left = _left(ledger, day, retry_failed)
-        progress.start(left)
+        counts = ledger.counts(day)
+        before = sum(counts.values()) - _left(counts, retry_failed)  # final before this run: not its work
+        shown = _shown(progress, counts, before, (0, 0), retry_failed)
         every = 0.5
         try:
             running = True
             while running:
                 running = bool(wait(futures, timeout=every).not_done)
                 started = time.perf_counter()
-                now_left = _left(ledger, day, retry_failed)
+                counts = ledger.counts(day)
                 every = max(0.5, 10 * (time.perf_counter() - started))  # counting a big edition reads it: rarely
-                progress.update(max(0, left - now_left))
-                left = min(left, now_left)
+                shown = _shown(progress, counts, before, shown, retry_failed)
         finally:
             progress.close()
 
 
-def _left(ledger: DatabaseLedger, day: date, retry_failed: bool) -> int:
-    counts = ledger.counts(day)
+def _shown(
+    progress: Progress, counts: dict[str, int], before: int, shown: tuple[int, int], retry_failed: bool
+) -> tuple[int, int]:
+    """Bring the progress up to the ledger's counts; return (total, done) as shown now. The total grows while planning."""
+    total, done = shown
+    if sum(counts.values()) - before != total:
+        total = sum(counts.values()) - before
+        progress.start(total)
+    if (now_done := total - _left(counts, retry_failed)) > done:
+        progress.update(now_done - done)
+        done = now_done
+    return total, done
+
+
+def _left(counts: dict[str, int], retry_failed: bool) -> int:
     return counts["failed"] if retry_failed else counts["pending"] + counts["failed"]
 
 
