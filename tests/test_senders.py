@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
 
-from newsletter import storage
+from newsletter import senders, storage
 from newsletter.editions import send_day
 from newsletter.ledger import DatabaseLedger
 from newsletter.sending.throttle import Throttle
@@ -123,6 +123,29 @@ def test_send_processes_2_plans_once_sends_from_two_processes_and_prints_one_sum
     )
     owners = {row["lease_owner"] for row in ledger_rows_of(tmp_path)}
     assert owners == {""}, "every outcome cleared its lease"
+
+
+def test_send_processes_send_while_the_edition_is_planned_and_wait_for_its_end(
+    smtp_server, make_sender, tmp_path, monkeypatch
+):
+    settings = make_sender(smtp_server, count=10, smtp="connections = 2\n")
+    plan = senders.plan_day
+
+    def planned_in_two_halves(settings, day, **options):
+        first = plan(settings, day, **options)
+        deadline = time.monotonic() + 60
+        while not smtp_server.handler.messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert smtp_server.handler.messages, "nothing was sent while the edition was being planned"
+        with settings.paths.subscribers.open("a", encoding="utf-8") as csv:
+            csv.writelines(f"reader{i}@example.com,Reader {i},\n" for i in range(10, 20))
+        first.planned += plan(settings, day, **options).planned
+        return first
+
+    monkeypatch.setattr(senders, "plan_day", planned_in_two_halves)
+    result = senders.send_with_processes(settings, DAY, 2)
+    assert result.delivered == 20, result.summary()
+    assert Counter(smtp_server.handler.recipients()) == Counter(f"reader{i}@example.com" for i in range(20))
 
 
 def ledger_rows_of(tmp_path):
