@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
@@ -53,9 +54,12 @@ class _Item:
     maildir_file: Path | None = None
 
 
-def import_paths(paths: list[Path], settings: Settings, conn: Database) -> list[Report]:
-    """Handle every message of every path (.eml file or Maildir folder), each message once."""
-    reader = _Reader(settings, conn)
+def import_paths(paths: list[Path], settings: Settings, conn: Database, now: datetime | None = None) -> list[Report]:
+    """Handle every message of every path (.eml file or Maildir folder), each message once.
+
+    ``now`` (aware; default the clock) is when they are recorded as handled.
+    """
+    reader = _Reader(settings, conn, now or datetime.now(UTC))
     return [reader.handle(item) for path in paths for item in _items(path)]
 
 
@@ -129,8 +133,11 @@ def message_key(data: bytes, message: Message) -> str:
 class _Reader:
     """Handles messages against one state database; knows the unsubscribe address."""
 
-    def __init__(self, settings: Settings, conn: Database) -> None:
+    def __init__(self, settings: Settings, conn: Database, now: datetime) -> None:
+        if now.tzinfo is None:
+            raise ValueError("now must be an aware datetime")
         self.settings, self.conn = settings, conn
+        self.handled_at = now.astimezone(UTC).isoformat(timespec="seconds")  # the form of storage.utcnow_text()
         self.ledger = DatabaseLedger(conn)
         self.unsubscribe_address = settings.unsubscribe_address.lower()
         # when the mailto address is also From or Reply-To, replies land there too: only a subject asking counts
@@ -152,7 +159,7 @@ class _Reader:
                 report = Report(item.source, tuple(self._outcomes(message)))
                 self.conn.execute(
                     "INSERT INTO inbox_messages (key, outcome, handled_at) VALUES (?, ?, ?)",
-                    (key, "; ".join(map(str, report.outcomes))[:500], state.utcnow_text()),
+                    (key, "; ".join(map(str, report.outcomes))[:500], self.handled_at),
                 )
         if item.maildir_file is not None:
             mark_seen(item.maildir_file)
