@@ -12,12 +12,21 @@ Each edition is folded in its own transaction: its rows are counted, the counts 
 the totals and the rows deleted together, so a crash mid-prune loses nothing and counts
 nothing twice, and a second run finds nothing left to fold. A folded edition cannot be
 sent again (its recipients are no longer known): ``send`` refuses its date.
+
+The inbox's record (``inbox_messages``: one key per handled message, so that a message
+imported again changes nothing) is bounded too: records handled before the cutoff are
+deleted, and in the same transaction the cutoff is recorded as the inbox's horizon. A
+message stays in the mailbox (a Maildir's ``cur/`` is read again at every import), so it
+can come back after its record is gone; ``inbox import`` therefore does not act on a
+message dated before the horizon plus a day (``inbox_horizon``), and a message that was
+handled on or after the cutoff is still known by its record. A message without a readable
+``Date`` is known only as long as its record lives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from newsletter import state
 from newsletter.errors import DeliveryError
@@ -26,6 +35,8 @@ from newsletter.storage import Database
 PRUNE_LOCK = 7_310_090  # pg_advisory_xact_lock key: two prunes (two daemons) fold one edition at a time
 TEST_COPIES_KEPT = 5  # the newest test copies stay whole: `status` lists them (status.TEST_COPIES_SHOWN)
 KINDS = ("edition", "digest", "test")
+INBOX_PRUNED = "inbox-pruned"  # the notice whose date is the inbox's horizon: records handled before it are deleted
+CLOCK_MARGIN = timedelta(days=1)  # a sender's Date may run this far ahead of our clock
 
 # The SQL of retention, portable between SQLite and PostgreSQL (placeholders are '?').
 NEWEST_TESTS = f"SELECT id FROM test_sends ORDER BY id DESC LIMIT {TEST_COPIES_KEPT}"
@@ -47,6 +58,12 @@ TOTALS_OF_KIND = "SELECT day, status, total FROM edition_totals WHERE kind = ?"
 LOCK_POSTGRES = "SELECT pg_advisory_xact_lock(?)"
 PRUNED_ON = "SELECT 1 FROM notices WHERE kind = 'prune' AND day = ? AND zone = ''"
 IS_FOLDED = "SELECT 1 FROM edition_totals WHERE day = ? AND kind IN ('edition', 'digest') LIMIT 1"
+DELETE_INBOX = "DELETE FROM inbox_messages WHERE handled_at < ?"  # ISO UTC text on both backends (utcnow_text)
+RECORD_HORIZON = (
+    f"INSERT INTO notices (kind, day, zone, created_at) VALUES ('{INBOX_PRUNED}', ?, '', ?) ON CONFLICT DO NOTHING"
+)
+DROP_OLD_HORIZONS = f"DELETE FROM notices WHERE kind = '{INBOX_PRUNED}' AND day < ?"
+HORIZON = f"SELECT MAX(day) FROM notices WHERE kind = '{INBOX_PRUNED}'"
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,7 @@ class PruneResult:
     cutoff: date  # editions before this date were folded
     folded: list[Folded] = field(default_factory=list)
     kept: int = 0  # editions on or after the cutoff, kept whole
+    inbox: int = 0  # inbox records (handled messages) deleted: handled before the cutoff
 
     def summary(self) -> str:
         """One line: how much was folded, and what was kept."""
@@ -87,6 +105,8 @@ class PruneResult:
             return "database.keep_days is 0: every recipient row is kept; nothing folded"
         window = f"older than {self.cutoff.isoformat()} (keep_days {self.keep_days})"
         kept = f"; {_plural(self.kept, 'edition')} kept whole"
+        if self.inbox:
+            kept += f"; {_plural(self.inbox, 'inbox record')} handled before {self.cutoff.isoformat()} deleted"
         if not self.folded:
             return f"nothing to fold: no recipient rows {window}{kept}"
         rows = sum(f.recipients for f in self.folded)
@@ -110,6 +130,7 @@ def cutoff_for(today: date, keep_days: int) -> date:
 def prune(conn: Database, today: date, keep_days: int) -> PruneResult:
     """Fold every edition older than ``keep_days`` days before ``today`` into totals, one transaction each.
 
+    Then delete the inbox records handled before the same cutoff (``forget_inbox``).
     ``keep_days`` 0 keeps everything. Safe to run twice, and beside senders and another prune.
     """
     cutoff = cutoff_for(today, keep_days)
@@ -122,6 +143,7 @@ def prune(conn: Database, today: date, keep_days: int) -> PruneResult:
         if folded.recipients or folded.tests:
             result.folded.append(folded)
     result.kept = int(conn.execute(KEPT_DAYS, (when,)).fetchone()[0])
+    result.inbox = forget_inbox(conn, cutoff)
     return result
 
 
@@ -152,6 +174,36 @@ def fold_edition(conn: Database, day: date) -> Folded:
         conn.execute(DELETE_ROWS, (when,))
         conn.execute(DELETE_TESTS, (when,))
     return Folded(day, rows, sum(tests.values()))
+
+
+def forget_inbox(conn: Database, cutoff: date) -> int:
+    """Delete the inbox records handled before ``cutoff`` (00:00 UTC) and move the horizon there, in one transaction.
+
+    Returns how many were deleted. The horizon moves only when a record went, and never back.
+    """
+    moment = _midnight(cutoff).isoformat(timespec="seconds")  # the form of handled_at: '2026-06-25T00:00:00+00:00'
+    with conn.transaction():  # the records and the horizon go together: no record lost without its horizon
+        deleted = conn.execute(DELETE_INBOX, (moment,)).rowcount
+        if deleted:
+            conn.execute(RECORD_HORIZON, (cutoff.isoformat(), state.utcnow_text()))
+            conn.execute(DROP_OLD_HORIZONS, (cutoff.isoformat(),))
+    return int(deleted)
+
+
+def inbox_horizon(conn: Database) -> datetime | None:
+    """The moment before which a message's date makes it too old to act on; None while no inbox record was deleted.
+
+    A record deleted by ``forget_inbox`` was handled before the horizon's date, so its message
+    is dated before that too (give or take ``CLOCK_MARGIN``, the sender's clock): acting on
+    such a message again could undo what was done since (a reader who unsubscribed by mail
+    and subscribed again).
+    """
+    (day,) = conn.execute(HORIZON).fetchone()
+    return _midnight(date.fromisoformat(day)) + CLOCK_MARGIN if day else None
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
 
 
 def totals_of(conn: Database, day: date, kind: str) -> dict[str, int]:

@@ -3,6 +3,7 @@
 import threading
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from email.utils import format_datetime
 
 import pytest
 from click.testing import CliRunner
@@ -13,11 +14,13 @@ from newsletter.cli import cli
 from newsletter.editions import dry_run, send_day, send_test_copy
 from newsletter.errors import DeliveryError
 from newsletter.ledger import DatabaseLedger, DigestLedger
+from newsletter.mail.inbox import import_paths
 from newsletter.scheduler import Daily
 from newsletter.status import edition_detail, overview
 from newsletter.subscribers import Subscriber
 from tests import test_status
 from tests.test_bounces import dsn
+from tests.test_inbox import mailto_unsubscribe
 
 OLD, RECENT = date(2026, 6, 24), date(2026, 6, 25)
 TODAY = date(2026, 7, 9)  # with keep_days 14 the first date kept whole is June 25: June 24 is folded
@@ -214,12 +217,14 @@ def invoke(settings, *args):
     return CliRunner().invoke(cli, ["--config", str(settings.source), *args])
 
 
-def test_the_prune_command_says_what_it_folded(sent, conn):
+def test_the_prune_command_says_what_it_folded(sent, conn, tmp_path):
     conn.execute("UPDATE deliveries SET day = '2000-01-02' WHERE day = ?", (OLD.isoformat(),))  # long ago
+    import_at(sent, conn, unsubscribe_mail(tmp_path, "dan@example.com", HANDLED_LONG_AGO), HANDLED_LONG_AGO)
     result = invoke(sent, "prune", "--keep-days", "30")  # today from the clock: June 2026 is folded too, later
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "2000-01-02: 4 recipient rows (1 bounced, 2 delivered, 1 failed)"
     assert "folded" in result.stdout.splitlines()[-1] and "the suppression list is unchanged" in result.stdout
+    assert "; 1 inbox record handled before " in result.stdout
     again = invoke(sent, "prune", "--keep-days", "30")
     assert again.exit_code == 0 and again.stdout.startswith("nothing to fold")
 
@@ -228,3 +233,96 @@ def test_the_prune_command_says_what_it_folded(sent, conn):
 def test_keep_days_under_two_weeks_is_refused(settings, days):
     result = invoke(settings, "prune", "--keep-days", days)
     assert result.exit_code == 2 and "must be 0 (keep everything) or at least 14" in result.output
+
+
+# The inbox's record: one key per handled message, so that a message imported again changes nothing.
+# Prune deletes the records handled before the cutoff; a message of that time is then too old to act on.
+
+HANDLED_LONG_AGO = datetime(2026, 6, 20, 9, 0, tzinfo=UTC)  # before the cutoff (June 25 with keep_days 14)
+HANDLED_LATELY = datetime(2026, 6, 25, 0, 30, tzinfo=UTC)  # on the cutoff's date: kept
+
+
+def unsubscribe_mail(tmp_path, sender, dated):
+    """A reader's mail to the List-Unsubscribe address, as a file in the bounce mailbox (its own Message-ID)."""
+    path = tmp_path / f"{sender}-{dated:%Y%m%d}.eml"
+    path.write_bytes(
+        mailto_unsubscribe(sender, subject=f"unsubscribe-{dated:%Y%m%d}", Date=format_datetime(dated)).as_bytes()
+    )
+    return path
+
+
+def import_at(settings, conn, path, now):
+    [report] = import_paths([path], settings, conn, now=now)
+    return report
+
+
+def test_prune_deletes_the_inbox_records_handled_before_the_cutoff_and_says_how_many(sent, conn, tmp_path):
+    old = unsubscribe_mail(tmp_path, "ada@example.com", HANDLED_LONG_AGO)
+    recent = unsubscribe_mail(tmp_path, "dan@example.com", HANDLED_LATELY)
+    assert import_at(sent, conn, old, HANDLED_LONG_AGO).outcomes[0].action == "unsubscribed"
+    assert import_at(sent, conn, recent, HANDLED_LATELY).outcomes[0].action == "unsubscribed"
+    result = retention.prune(conn, TODAY, 14)
+    assert result.inbox == 1
+    assert result.summary().endswith(
+        "1 edition kept whole; 1 inbox record handled before 2026-06-25 deleted; the suppression list is unchanged"
+    )
+    assert import_at(sent, conn, old, NOW).handled_before == ""  # its record is gone
+    assert import_at(sent, conn, recent, NOW).handled_before == "2026-06-25"  # its record stays
+    again = retention.prune(conn, TODAY, 14)  # the old one is recorded again, as handled (ignored) today
+    assert again.inbox == 0 and "inbox" not in again.summary()
+
+
+def test_a_message_handled_lately_is_still_a_duplicate_after_a_prune(sent, conn, tmp_path):
+    mail = unsubscribe_mail(tmp_path, "dan@example.com", HANDLED_LATELY)
+    import_at(sent, conn, mail, HANDLED_LATELY)
+    assert state.lift_suppression(conn, "dan@example.com")  # Dan subscribed again since
+    retention.prune(conn, TODAY, 14)
+    report = import_at(sent, conn, mail, NOW)  # the Maildir's cur/ is read at every import
+    assert report.lines() == [f"{mail}: already handled on 2026-06-25; nothing changed"]
+    assert state.suppression_of(conn, "dan@example.com") is None
+
+
+def test_a_message_whose_record_was_pruned_is_not_acted_on_again(sent, conn, tmp_path):
+    mail = unsubscribe_mail(tmp_path, "dan@example.com", HANDLED_LONG_AGO)
+    import_at(sent, conn, mail, HANDLED_LONG_AGO)
+    assert state.lift_suppression(conn, "dan@example.com")  # Dan subscribed again since
+    assert retention.prune(conn, TODAY, 14).inbox == 1
+    [outcome] = import_at(sent, conn, mail, NOW).outcomes
+    assert (outcome.action, outcome.detail) == (
+        "ignored",
+        "dated 2026-06-20, before 2026-06-26: the inbox records of its time were pruned (database.keep_days), "
+        "so it may have been handled already; not acted on",
+    )
+    assert state.suppression_of(conn, "dan@example.com") is None  # the old mail did not unsubscribe him again
+    fresh = unsubscribe_mail(tmp_path, "dan@example.com", datetime(2026, 7, 8, tzinfo=UTC))
+    assert import_at(sent, conn, fresh, NOW).outcomes[0].action == "unsubscribed"  # a new request is acted on
+
+
+def test_keep_days_zero_keeps_every_inbox_record(sent, conn, tmp_path):
+    mail = unsubscribe_mail(tmp_path, "dan@example.com", HANDLED_LONG_AGO)
+    import_at(sent, conn, mail, HANDLED_LONG_AGO)
+    assert retention.prune(conn, date(2030, 1, 1), 0).inbox == 0
+    assert import_at(sent, conn, mail, NOW).handled_before == "2026-06-20"
+
+
+INBOX_CRASH = {
+    "sqlite": [
+        "CREATE TRIGGER crash BEFORE INSERT ON notices WHEN new.kind = 'inbox-pruned' "
+        "BEGIN SELECT RAISE(ABORT, 'simulated crash'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION crash() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.kind = 'inbox-pruned' THEN RAISE EXCEPTION 'simulated crash'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER crash BEFORE INSERT ON notices FOR EACH ROW EXECUTE FUNCTION crash()",
+    ],
+}
+
+
+def test_a_crash_before_the_horizon_is_recorded_keeps_the_inbox_records(sent, conn, tmp_path):
+    mail = unsubscribe_mail(tmp_path, "dan@example.com", HANDLED_LONG_AGO)
+    import_at(sent, conn, mail, HANDLED_LONG_AGO)
+    for statement in INBOX_CRASH[conn.backend]:  # the records are deleted, then recording the horizon fails
+        conn.execute(statement)
+    with pytest.raises(Exception, match="simulated crash"):
+        retention.prune(conn, TODAY, 14)
+    assert import_at(sent, conn, mail, NOW).handled_before == "2026-06-20"  # rolled back: still known

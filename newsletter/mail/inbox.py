@@ -5,6 +5,12 @@ delivers the bounce mailbox into). Each message is handled once: its key (the Me
 else a digest of its bytes) is recorded in the state database in the same transaction as
 what it changed, and a Maildir message is then moved to ``cur`` with the Seen flag. A second
 import of the same message changes nothing and says so.
+
+``newsletter prune`` deletes the records handled more than ``keep_days`` ago
+(``retention.forget_inbox``), while the message may still be in the mailbox: a message
+dated before the horizon that prune leaves (``retention.inbox_horizon``) is therefore
+ignored, not acted on again. A message without a readable ``Date`` header is recognized
+only while its record lives.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 from pathlib import Path
 from typing import cast
 
-from newsletter import bounces, state
+from newsletter import bounces, retention, state
 from newsletter.bounces import Outcome
 from newsletter.config import Settings
 from newsletter.ledger import DatabaseLedger
@@ -166,6 +172,9 @@ class _Reader:
         return report
 
     def _outcomes(self, message: Message) -> list[Outcome]:
+        too_old = self._too_old(message)
+        if too_old:
+            return [Outcome("ignored", "", too_old)]
         report_type = str(message.get_param("report-type") or "").lower()
         if message.get_content_type() == "multipart/report" and report_type == "delivery-status":
             return bounces.dsn_outcomes(message, self.conn, self.ledger)
@@ -181,6 +190,20 @@ class _Reader:
                 f"{self.settings.unsubscribe_address}",
             )
         ]
+
+    def _too_old(self, message: Message) -> str:
+        """Why a message is too old to act on ('' if it is not): dated before the inbox's horizon.
+
+        Read after the message's record was looked for, so a prune committed in between is seen.
+        """
+        horizon = retention.inbox_horizon(self.conn)
+        dated = _date_of(message)
+        if horizon is None or dated is None or dated >= horizon:
+            return ""
+        return (
+            f"dated {dated.date().isoformat()}, before {horizon.date().isoformat()}: the inbox records of "
+            "its time were pruned (database.keep_days), so it may have been handled already; not acted on"
+        )
 
     # Complaint reports (ARF, RFC 5965)
 
@@ -227,6 +250,15 @@ class _Reader:
         if state.find_subscriber(self.conn, address) is not None:
             return True
         return self.conn.execute("SELECT 1 FROM deliveries WHERE email = ? LIMIT 1", (address,)).fetchone() is not None
+
+
+def _date_of(message: Message) -> datetime | None:
+    """The message's Date header as an aware datetime (no zone read as UTC); None if absent or unreadable."""
+    try:
+        dated = parsedate_to_datetime(str(message.get("Date", "")))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return dated if dated.tzinfo is not None else dated.replace(tzinfo=UTC)
 
 
 def _feedback_fields(message: Message) -> Message:
