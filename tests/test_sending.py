@@ -19,7 +19,10 @@ from newsletter import state, storage
 from newsletter.cli import cli
 from newsletter.editions import send_day
 from newsletter.errors import DeliveryError, RelayDown
+from newsletter.ledger import Due
 from newsletter.mail.wire import Wire
+from newsletter.sending.engine import WorkQueue
+from newsletter.subscribers import Subscriber
 from tests.conftest import RecordingHandler, free_port
 from tests.test_delivery import DAY, ledger_rows, subscribers_csv
 
@@ -345,3 +348,38 @@ def test_a_server_that_admits_fewer_connections_than_configured_slows_the_run_bu
     assert (result.delivered, result.failed) == (40, 0)
     assert sorted(handler.recipients()) == sorted(READERS[:40])
     assert all(row["attempts"] == 1 for row in ledger_rows(settings).values())
+
+
+# The work queue between the ledger and the connections.
+
+
+def dues(first: int, count: int) -> list[Due]:
+    return [Due(i, Subscriber(f"reader{i}@example.com"), 0) for i in range(first, first + count)]
+
+
+def test_the_next_claim_runs_ahead_without_holding_up_the_other_connections():
+    claimed, release, released = [], threading.Event(), []
+
+    def claims():
+        claimed.append(len(claimed))
+        if len(claimed) == 2:  # a claim that waits for the database's lock, until the rows at hand are taken
+            released.append(release.wait(10))
+        return dues(4 * (len(claimed) - 1), 4) if len(claimed) <= 2 else None
+
+    queue = WorkQueue(claims, threading.Event())
+    taken = [queue.take()]
+    assert taken[0].due.rowid == 0  # the first claim: rows 0-3
+    ahead = threading.Thread(target=queue.top_up, args=(3,))
+    ahead.start()  # three rows left: the next batch is claimed now, before they run out
+    while len(claimed) < 2:
+        time.sleep(0.01)
+    taken += [queue.take_now() for _ in range(3)]
+    assert [work.due.rowid for work in taken] == [0, 1, 2, 3], "the claim in progress blocks nobody"
+    release.set()
+    ahead.join()
+    taken += [queue.take() for _ in range(4)]
+    assert [work.due.rowid for work in taken[4:]] == [4, 5, 6, 7]
+    for work in taken:
+        queue.done(work)
+    assert queue.take() is None and len(claimed) == 3
+    assert released == [True], "the rows at hand were taken while the claim was still waiting"

@@ -258,6 +258,7 @@ class WorkQueue:
         self.in_hand = 0  # items taken and not yet done: they may come back as retries
         self.exhausted = False
         self.next_claim = 0.0  # when to ask the ledger again after it had nothing for now
+        self.claiming = False  # a connection is claiming the next batch (without holding the lock)
         self.cond = threading.Condition()
 
     def take(self) -> Work | None:
@@ -266,11 +267,12 @@ class WorkQueue:
             while not self.stop.is_set():
                 if self.retries and self.retries[0][0] <= self.clock():
                     return self._hand(heapq.heappop(self.retries)[2])
-                if not self.rows and not self.exhausted and self.clock() >= self.next_claim:
+                if not self.rows and self._claim_due():
                     self._refill()
+                    continue
                 if self.rows:
                     return self._hand(Work(self.rows.popleft()))
-                if self.exhausted and not self.retries and self.in_hand == 0:
+                if self.exhausted and not self.retries and self.in_hand == 0 and not self.claiming:
                     self.cond.notify_all()
                     return None
                 wait = self.retries[0][0] - self.clock() if self.retries else 0.25
@@ -292,8 +294,25 @@ class WorkQueue:
                 return self._hand(Work(self.rows.popleft()))
             return None
 
+    def top_up(self, low: int) -> None:
+        """Claim the next batch now if no more than ``low`` rows are left, so the connections never wait for a claim."""
+        with self.cond:
+            if len(self.rows) <= low and self._claim_due():
+                self._refill()
+
+    def _claim_due(self) -> bool:
+        return not self.exhausted and not self.claiming and self.clock() >= self.next_claim
+
     def _refill(self) -> None:
-        batch = self.claims()
+        """Claim a batch (the caller holds ``cond``): the lock is let go meanwhile, so the other connections go on."""
+        self.claiming = True
+        self.cond.release()
+        try:
+            batch = self.claims()
+        finally:
+            self.cond.acquire()
+            self.claiming = False
+            self.cond.notify_all()
         if batch is None:
             self.exhausted = True
         elif batch:
@@ -624,6 +643,7 @@ def _worker(run: Run) -> None:
 
 def _next(run: Run, lane: Lane) -> Work | None:
     """The next recipient: the one taken already, or one at hand, goes at once (its envelope overlaps recording the last acceptance); else record, then wait."""
+    run.queue.top_up(CLAIM_PER_CONNECTION * run.settings.smtp.connections // 2)  # half a batch ahead: a claim may wait for the lock
     work, lane.upcoming = lane.upcoming, None
     if work is None:
         work = run.queue.take_now()
