@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,8 @@ def connect(state_dir: Path) -> SQLiteDatabase:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         _refuse_foreign(conn, path)  # before anything writes to the file
-        for pragma in PRAGMAS:
+        _wal(conn)
+        for pragma in PRAGMAS[1:]:
             conn.execute(pragma)
         db = SQLiteDatabase(conn, path)
         migrate(db)
@@ -299,6 +301,20 @@ def connect(state_dir: Path) -> SQLiteDatabase:
             conn.close()
         raise storage_error(exc, path) from exc
     return db
+
+
+def _wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
+    """Put the file in WAL mode. Two processes opening a new file at once: SQLite refuses the second
+    switch at once with "database is locked" (no busy wait for it), so try again for a while."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute(PRAGMAS[0])
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
