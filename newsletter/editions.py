@@ -8,6 +8,7 @@ edition never changes once it was sent, published or previewed on record; every 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -250,11 +251,25 @@ class PlanningProcess:
         try:
             planned, tally = self.future.result()
         except BrokenProcessPool:
-            raise DeliveryError("the planning process died; re-run send (every row not sent stays pending)") from None
+            raise DeliveryError(
+                f"the planning process died; re-run send (every row not sent stays pending){_unguarded_main()}"
+            ) from None
         finally:
             self.pool.shutdown()
         self.result.planned = planned
         _note_skipped(self.result, tally)
+
+
+def _unguarded_main() -> str:
+    """A hint when this process runs a program of its own: a spawned process imports it again, and one that
+    calls send_day at import (no ``if __name__ == "__main__":``) makes the planning process fail at its start."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or Path(path).name in ("newsletter", "__main__.py"):  # the newsletter command
+        return ""
+    return (
+        f"; if {Path(path).name} calls send_day when imported, put that code under "
+        "'if __name__ == \"__main__\":' (the planning process imports it again)"
+    )
 
 
 def plan_list(settings: Settings, day: date) -> tuple[int, Tally]:

@@ -543,6 +543,26 @@ def test_a_big_list_is_planned_in_a_process_of_its_own_while_the_first_rows_go_o
     assert {row["status"] for row in ledger_rows(settings).values()} == {"delivered"}
 
 
+def test_a_script_without_a_main_guard_is_told_why_its_planning_process_died(smtp_server, make_sender, tmp_path):
+    import pickle
+
+    settings = make_sender(smtp_server, count=3)
+    (tmp_path / "settings.pickle").write_bytes(pickle.dumps(settings))
+    script = tmp_path / "daily.py"  # calls send_day at import: a spawned process runs it again
+    script.write_text(
+        "import pickle, sys\nfrom datetime import date\nfrom newsletter import editions\n"
+        "from newsletter.errors import NewsletterError\n"
+        "editions.PROCESS_PLANNING_BYTES = 1\n"
+        f"settings = pickle.loads(open({str(tmp_path / 'settings.pickle')!r}, 'rb').read())\n"
+        f"try:\n    editions.send_day(settings, date.fromisoformat({DAY.isoformat()!r}))\n"
+        "except NewsletterError as exc:\n    print(f'Error: {exc}')\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.stdout.startswith("Error: the planning process died"), run.stdout + run.stderr
+    assert "if daily.py calls send_day when imported" in run.stdout and '__name__ == "__main__"' in run.stdout
+    assert smtp_server.handler.messages == []
+
+
 def test_a_planning_process_that_fails_is_one_line_and_sends_nothing(smtp_server, make_sender, monkeypatch):
     from newsletter import editions
     from newsletter.errors import SubscriberError
