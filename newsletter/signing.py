@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -99,18 +100,37 @@ def signature(
     """
     head, _, body = message.partition(b"\r\n\r\n")
     body_hash = body_hash or base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    fields = [
-        (b"v", b"1"), (b"a", key.algorithm), (b"c", b"relaxed/relaxed"), (b"d", key.domain),
-        (b"i", b"@" + key.domain), (b"q", b"dns/txt"), (b"s", key.selector), (b"t", str(now).encode()),
-        (b"h", b" : ".join(INCLUDED)), (b"bh", body_hash),
-    ]  # fmt: skip
-    unsigned = _fold(b"; ".join(b"=".join(f) for f in fields) + b"; b=")
+    stamp = str(now).encode()
+    folded, canonical = _signature_field(key.algorithm, key.domain, key.selector, len(stamp), len(body_hash))
+    unsigned = folded.replace(_STAMP * len(stamp), stamp).replace(_BODY_HASH * len(body_hash), body_hash)
     if headers is None:
         headers = canonical_headers(head)
     hasher = hashlib.sha256(headers)
-    hasher.update(relaxed_header(b"DKIM-Signature", b" " + unsigned).removesuffix(b"\r\n"))
+    hasher.update(canonical.replace(_STAMP * len(stamp), stamp).replace(_BODY_HASH * len(body_hash), body_hash))
     signed = base64.b64encode(key.sign(hasher.digest()))
     return b"DKIM-Signature: " + unsigned + _fold_b(signed) + b"\r\n"
+
+
+_STAMP, _BODY_HASH = b"\x00", b"\x01"  # placeholders, repeated to the length of t= and bh=
+
+
+@lru_cache(maxsize=16)
+def _signature_field(
+    algorithm: bytes, domain: bytes, selector: bytes, stamp_length: int, hash_length: int
+) -> tuple[bytes, bytes]:
+    """The DKIM-Signature value without b='s value, folded, and its relaxed canonical form (as hashed).
+
+    Both with placeholders of the right length for t= and bh=: folding depends only on the
+    lengths, and neither value has whitespace for canonicalization to change, so a message
+    only substitutes its own values (no folding or canonicalizing per message).
+    """
+    fields = [
+        (b"v", b"1"), (b"a", algorithm), (b"c", b"relaxed/relaxed"), (b"d", domain),
+        (b"i", b"@" + domain), (b"q", b"dns/txt"), (b"s", selector), (b"t", _STAMP * stamp_length),
+        (b"h", b" : ".join(INCLUDED)), (b"bh", _BODY_HASH * hash_length),
+    ]  # fmt: skip
+    folded = _fold(b"; ".join(b"=".join(f) for f in fields) + b"; b=")
+    return folded, relaxed_header(b"DKIM-Signature", b" " + folded).removesuffix(b"\r\n")
 
 
 def canonical_headers(head: bytes) -> bytes:
