@@ -165,20 +165,23 @@ def send_day(
         conn.close()
 
 
-class Planner:
-    """Plans an edition in a thread of its own, on its own database connection, while the engine sends.
+class Settable(Done, Protocol):
+    """Something that can be set once over (a threading.Event, or a multiprocessing one)."""
 
-    The engine takes rows as they are planned (``done`` tells it when no more will come), so
-    the first messages go out at once instead of after the whole list has been read.
+    def set(self) -> None: ...
+
+
+class Planner:
+    """Plans an edition in a thread of its own while the engine sends: ``work`` does the planning.
+
+    The engine takes rows as they are planned (``done`` tells it when no more will come: it
+    is set when ``work`` ends, however it ends), so the first messages go out at once instead
+    of after the whole list has been read.
     """
 
-    def __init__(
-        self, settings: Settings, day: date, rendered: RenderedEdition,
-        select: Callable[[Subscriber], bool] | None, result: SendResult, planned: Callable[[], None],
-    ) -> None:  # fmt: skip
-        self.settings, self.day, self.rendered, self.select = settings, day, rendered, select
-        self.result, self.planned = result, planned  # planned(): called once the whole list is planned
-        self.done = threading.Event()
+    def __init__(self, work: Callable[[], None], done: Settable | None = None) -> None:
+        self.work = work
+        self.done: Settable = done if done is not None else threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="planner", daemon=True)
 
@@ -187,10 +190,7 @@ class Planner:
 
     def _run(self) -> None:
         try:
-            with storage.connect(self.settings) as conn, conn.guarded():
-                tally = _plan(self.settings, self.day, conn, self.rendered.message_id_for, self.select, self.result)
-            _note_skipped(self.result, tally)
-            self.planned()
+            self.work()
         except BaseException as exc:  # handed to the sending thread by finish()
             self.error = exc
         finally:
@@ -217,7 +217,14 @@ def _planner(
         big = False
     if big and select is None:
         return PlanningProcess(settings, day, result, planned)
-    return Planner(settings, day, rendered, select, result, planned)
+
+    def plan() -> None:  # on its own database connection
+        with storage.connect(settings) as conn, conn.guarded():
+            tally = _plan(settings, day, conn, rendered.message_id_for, select, result)
+        _note_skipped(result, tally)
+        planned()
+
+    return Planner(plan)
 
 
 class PlanningProcess:

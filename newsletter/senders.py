@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -22,7 +21,7 @@ from datetime import date, datetime
 
 from newsletter import storage
 from newsletter.config import Settings
-from newsletter.editions import NoProgress, Progress, plan_day, send_day
+from newsletter.editions import NoProgress, Planner, Progress, plan_day, send_day
 from newsletter.errors import DeliveryError, NewsletterError, RelayDown
 from newsletter.ledger import DatabaseLedger
 from newsletter.sending.engine import Done, SendResult
@@ -46,7 +45,8 @@ def send_with_processes(
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds a database connection
     planned = context.Event()
-    planner = _Planning(settings, day, retry_failed, now, planned)
+    plans: list[SendResult] = []
+    planner = Planner(lambda: plans.append(plan_day(settings, day, retry_failed=retry_failed, now=now)), planned)
     with ProcessPoolExecutor(
         max_workers=processes, mp_context=context, initializer=_hand_planning, initargs=(planned,)
     ) as pool:
@@ -55,8 +55,9 @@ def send_with_processes(
         try:
             _watch(settings, day, futures, progress, retry_failed)
         finally:
-            planner.join()
-    result = planner.result()  # raises what stopped the planning
+            planner.thread.join()
+    planner.finish()  # raises what stopped the planning
+    result = plans[0]
     shares, errors = _outcomes(futures)
     for share in shares:
         for outcome in OUTCOMES:
@@ -66,36 +67,6 @@ def send_with_processes(
     if errors:
         raise next((e for e in errors if isinstance(e, RelayDown)), errors[0])
     return result
-
-
-class _Planning:
-    """``plan_day`` in a thread of the parent; ``planned`` is set when it ends, however it ends."""
-
-    def __init__(self, settings: Settings, day: date, retry_failed: bool, now: datetime | None, planned: Done) -> None:
-        self.args, self.planned = (settings, day, retry_failed, now), planned
-        self.outcome: SendResult | BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="planner", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def join(self) -> None:
-        self.thread.join()
-
-    def _run(self) -> None:
-        settings, day, retry_failed, now = self.args
-        try:
-            self.outcome = plan_day(settings, day, retry_failed=retry_failed, now=now)
-        except BaseException as exc:  # handed to the caller by result()
-            self.outcome = exc
-        finally:
-            self.planned.set()  # type: ignore[attr-defined]
-
-    def result(self) -> SendResult:
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        assert self.outcome is not None
-        return self.outcome
 
 
 _PLANNED: list[Done] = []  # in a sender process: the parent's planning event, handed over once by the pool
