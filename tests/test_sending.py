@@ -366,10 +366,10 @@ def test_the_next_claim_runs_ahead_without_holding_up_the_other_connections():
             released.append(release.wait(10))
         return dues(4 * (len(claimed) - 1), 4) if len(claimed) <= 2 else None
 
-    queue = WorkQueue(claims, threading.Event())
+    queue = WorkQueue(claims, threading.Event(), low=3)
     taken = [queue.take()]
     assert taken[0].due.rowid == 0  # the first claim: rows 0-3
-    ahead = threading.Thread(target=queue.top_up, args=(3,))
+    ahead = threading.Thread(target=queue.top_up)
     ahead.start()  # three rows left: the next batch is claimed now, before they run out
     while len(claimed) < 2:
         time.sleep(0.01)

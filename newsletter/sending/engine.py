@@ -249,8 +249,10 @@ class WorkQueue:
         clock: Callable[[], float] = time.monotonic,
         poll: float = 1.0,
         soon: Callable[[], bool] = lambda: False,
+        low: int = 0,
     ) -> None:
         self.claims, self.stop, self.clock, self.poll = claims, stop, clock, poll
+        self.low = low  # ``top_up`` claims the next batch once no more rows than this are left
         self.soon = soon  # True while rows may appear any moment (planning): ask again after PLANNING_POLL
         self.rows: deque[Due] = deque()
         self.retries: list[tuple[float, int, Work]] = []
@@ -294,10 +296,12 @@ class WorkQueue:
                 return self._hand(Work(self.rows.popleft()))
             return None
 
-    def top_up(self, low: int) -> None:
+    def top_up(self) -> None:
         """Claim the next batch now if no more than ``low`` rows are left, so the connections never wait for a claim."""
+        if len(self.rows) > self.low:  # the common case, read without the lock
+            return
         with self.cond:
-            if len(self.rows) <= low and self._claim_due():
+            if len(self.rows) <= self.low and self._claim_due():
                 self._refill()
 
     def _claim_due(self) -> bool:
@@ -541,7 +545,10 @@ def send_edition(
     )  # fmt: skip
     run = Run(
         settings, rendered, ledger,
-        WorkQueue(claims.next_batch, stop, poll=min(1.0, lease / 5), soon=lambda: claims.planning is not None),
+        WorkQueue(
+            claims.next_batch, stop, poll=min(1.0, lease / 5), soon=lambda: claims.planning is not None,
+            low=claims.batch // 2,  # half a batch ahead: a claim may wait for the database's lock
+        ),
         Relay(settings),
         Throttle(ledger.conn, account(settings.smtp), settings.smtp.rate_limit, settings.smtp.max_per_hour),
         Acceptances(ledger, day, Journal(claims.journals, claims.owner) if claims.journals else None),
@@ -643,7 +650,7 @@ def _worker(run: Run) -> None:
 
 def _next(run: Run, lane: Lane) -> Work | None:
     """The next recipient: the one taken already, or one at hand, goes at once (its envelope overlaps recording the last acceptance); else record, then wait."""
-    run.queue.top_up(CLAIM_PER_CONNECTION * run.settings.smtp.connections // 2)  # half a batch ahead: a claim may wait for the lock
+    run.queue.top_up()
     work, lane.upcoming = lane.upcoming, None
     if work is None:
         work = run.queue.take_now()
