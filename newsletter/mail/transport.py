@@ -241,7 +241,7 @@ def chained(server: smtplib.SMTP) -> str | None:
 
 def _chain(server: smtplib.SMTP, sender: str, following: Callable[[], str | None] | None) -> bytes:
     """The next recipient's envelope, to send behind this content; empty when there is none or it must go on its own."""
-    if following is None or not server.has_extn("pipelining") or getattr(server, _RSET_DUE, False):
+    if following is None or not server.has_extn("pipelining"):
         return b""
     if (email := following()) is None:
         return b""
