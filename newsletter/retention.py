@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from newsletter import state
 from newsletter.errors import DeliveryError
-from newsletter.storage import Database
+from newsletter.storage import Database, utc_text
 
 PRUNE_LOCK = 7_310_090  # pg_advisory_xact_lock key: two prunes (two daemons) fold one edition at a time
 TEST_COPIES_KEPT = 5  # the newest test copies stay whole: `status` lists them (status.TEST_COPIES_SHOWN)
@@ -181,7 +181,7 @@ def forget_inbox(conn: Database, cutoff: date) -> int:
 
     Returns how many were deleted. The horizon moves only when a record went, and never back.
     """
-    moment = _midnight(cutoff).isoformat(timespec="seconds")  # the form of handled_at: '2026-06-25T00:00:00+00:00'
+    moment = utc_text(_midnight(cutoff))  # the form of handled_at: '2026-06-25T00:00:00+00:00'
     with conn.transaction():  # the records and the horizon go together: no record lost without its horizon
         deleted = conn.execute(DELETE_INBOX, (moment,)).rowcount
         if deleted:

@@ -31,7 +31,7 @@ from newsletter import bounces, retention, state
 from newsletter.bounces import Outcome
 from newsletter.config import Settings
 from newsletter.ledger import DatabaseLedger
-from newsletter.storage import Database
+from newsletter.storage import Database, utc_text
 
 SEEN = "S"  # the Maildir flag set on a handled message (cur/KEY:2,S)
 
@@ -143,7 +143,7 @@ class _Reader:
         if now.tzinfo is None:
             raise ValueError("now must be an aware datetime")
         self.settings, self.conn = settings, conn
-        self.handled_at = now.astimezone(UTC).isoformat(timespec="seconds")  # the form of storage.utcnow_text()
+        self.handled_at = utc_text(now)
         self.ledger = DatabaseLedger(conn)
         self.unsubscribe_address = settings.unsubscribe_address.lower()
         # when the mailto address is also From or Reply-To, replies land there too: only a subject asking counts

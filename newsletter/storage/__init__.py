@@ -40,6 +40,7 @@ __all__ = [
     "connect_readonly",
     "error_for",
     "label",
+    "utc_text",
     "utcnow_text",
 ]
 
@@ -64,9 +65,14 @@ class Cursor(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+def utc_text(moment: datetime) -> str:
+    """An aware moment in UTC as ISO text to the second: how every backend stores a moment."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
 def utcnow_text() -> str:
-    """Now in UTC as ISO text to the second: how every backend stores a moment."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """Now, as ``utc_text`` stores it."""
+    return utc_text(datetime.now(UTC))
 
 
 class Database:
