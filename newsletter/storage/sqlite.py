@@ -233,7 +233,8 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 
-PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
+WAL = "PRAGMA journal_mode=WAL"  # first, on its own (``_wal``)
+PRAGMAS = ("PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
 
 
 class SQLiteDatabase(Database):
@@ -292,7 +293,7 @@ def connect(state_dir: Path) -> SQLiteDatabase:
         conn.row_factory = sqlite3.Row
         _refuse_foreign(conn, path)  # before anything writes to the file
         _wal(conn)
-        for pragma in PRAGMAS[1:]:
+        for pragma in PRAGMAS:
             conn.execute(pragma)
         db = SQLiteDatabase(conn, path)
         migrate(db)
@@ -309,7 +310,7 @@ def _wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
     deadline = time.monotonic() + patience
     while True:
         try:
-            conn.execute(PRAGMAS[0])
+            conn.execute(WAL)
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
