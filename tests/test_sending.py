@@ -4,6 +4,7 @@ Each test says what the operator sees and that nobody is lost or mailed twice.
 """
 
 import asyncio
+import itertools
 import socket
 import struct
 import threading
@@ -383,3 +384,20 @@ def test_the_next_claim_runs_ahead_without_holding_up_the_other_connections():
         queue.done(work)
     assert queue.take() is None and len(claimed) == 3
     assert released == [True], "the rows at hand were taken while the claim was still waiting"
+
+
+def test_a_queue_whose_rest_another_sender_holds_looks_again_soon_then_less_often():
+    now, claimed = [0.0], []
+
+    def claims():  # eight times the rest is held by another sender, then two rows are free, then none again
+        claimed.append(now[0])
+        return dues(0, 2) if len(claimed) == 9 else []
+
+    queue = WorkQueue(claims, threading.Event(), clock=lambda: now[0], poll=1.0, low=10)
+    for step in range(5000):  # every millisecond for five seconds: when does it ask the ledger?
+        now[0] = step / 1000
+        queue.top_up()
+    gaps = [b - a for a, b in itertools.pairwise(claimed)]
+    expected = [0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0]
+    assert gaps[:8] == pytest.approx(expected, abs=0.0015), "soon at first, then up to the poll"
+    assert gaps[8:10] == pytest.approx([0.001, 0.02], abs=0.0015), "rows found: claim at once, and soon after an empty one"

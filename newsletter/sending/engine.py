@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 RELAY_FAILURES = 3  # failed attempts to open a connection, in a row over all connections, before giving up ...
 RELAY_PATIENCE = 10.0  # ... once they span this many seconds (or smtp.timeout if shorter)
 RECONNECT_CAP = 8.0  # longest wait of one connection before it tries to reopen
-PLANNING_POLL = 0.02  # seconds between claims while the edition is still being planned
+PLANNING_POLL = 0.02  # seconds between claims while the edition is still being planned, and the first pause after
+# another sender was found holding the rest (its last rows are usually done within moments): doubling up to the poll
 CLAIM_PER_CONNECTION = 16  # rows a sender leases at a time, per connection: what a crash leaves waiting for the lease
 
 
@@ -260,6 +261,7 @@ class WorkQueue:
         self.in_hand = 0  # items taken and not yet done: they may come back as retries
         self.exhausted = False
         self.next_claim = 0.0  # when to ask the ledger again after it had nothing for now
+        self.empty = 0  # claims in a row that found the rest held by other senders
         self.claiming = False  # a connection is claiming the next batch (without holding the lock)
         self.cond = threading.Condition()
 
@@ -321,8 +323,21 @@ class WorkQueue:
             self.exhausted = True
         elif batch:
             self.rows.extend(batch)
+            self.empty = 0
         else:  # another sender holds the rest (its lease may run out), or rows are still being planned
-            self.next_claim = self.clock() + (PLANNING_POLL if self.soon() else self.poll)
+            self.next_claim = self.clock() + self._pause()
+
+    def _pause(self) -> float:
+        """How long to wait before asking again after an empty claim.
+
+        While planning: PLANNING_POLL. Else another sender holds the rest: it is usually done
+        within moments, so look again soon, then less and less often up to ``poll`` (a dead
+        sender of another machine keeps its rows until its lease ends).
+        """
+        if self.soon():
+            return PLANNING_POLL
+        self.empty += 1
+        return min(self.poll, PLANNING_POLL * 2 ** min(self.empty - 1, 16))
 
     def _hand(self, work: Work) -> Work:
         self.in_hand += 1
