@@ -196,9 +196,12 @@ def publish(settings: Settings, day: date, conn: Database, *, now: datetime | No
 
 
 def publish_edition_page(settings: Settings, day: date, conn: Database) -> Path:
-    """Record and write the page of one edition (before it is sent), whatever its date; return its path."""
-    events = load_events(settings.paths.events)
-    edition = edition_for(day, settings, conn, events=events)
+    """Record and write the page of one edition (before it is sent), whatever its date; return its path.
+
+    Only the day's event files are read (as ``edition_for`` reads them), not the library: every
+    ``send`` does this before its first message.
+    """
+    edition = edition_for(day, settings, conn)
     path = _edition_path(settings, day)
     write_if_changed(path, _edition_bytes(archive.environment(settings.paths.templates), settings, edition))
     return path

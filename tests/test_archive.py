@@ -1,5 +1,6 @@
 """The web archive: a page for every calendar day, the calendar, monthly indexes, and the head of every page."""
 
+import logging
 import re
 import struct
 from datetime import UTC, date, datetime
@@ -216,6 +217,15 @@ def test_publish_edition_page_records_and_writes_one_page(settings, conn):
     assert path == settings.paths.public / "2026" / "12" / "31" / "index.html"
     assert "A year-end event" in path.read_text()
     assert state.recorded_editions(conn)[date(2026, 12, 31)] == "12-31-year-end"
+
+
+def test_publishing_an_edition_page_reads_only_that_days_files(settings, conn, event_folder, caplog):
+    """Every send publishes its page first: it must not wait for the whole library (or complain about other days)."""
+    (event_folder / "07-01-broken.md").write_text("---\ntitle: [unclosed\n---\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        path = publish_edition_page(settings, date(2026, 12, 31), conn)
+    assert "A year-end event" in path.read_text()
+    assert "07-01-broken" not in caplog.text
 
 
 @pytest.mark.parametrize(
