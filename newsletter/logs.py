@@ -26,13 +26,17 @@ class MaskAddresses(logging.Filter):
 
 
 def setup(verbose: bool) -> None:
-    """Log to stderr: debug details and addresses in clear with -v, else warnings and masked addresses."""
+    """Log to stderr: our debug details and addresses in clear with -v, else warnings and masked addresses.
+
+    Libraries log their warnings either way, never their debug chatter (markdown-it logs
+    every block rule it tries: thousands of lines an edition).
+    """
     import sys
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if not verbose:
         handler.addFilter(MaskAddresses())
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     if verbose:
         logging.getLogger("newsletter").setLevel(logging.DEBUG)

@@ -1,5 +1,6 @@
 """The command line: thin commands, one-line errors, help for every command."""
 
+import os
 import subprocess
 import sys
 
@@ -144,6 +145,21 @@ def test_bad_config_is_one_line_without_traceback(tmp_path):
     result = subprocess_newsletter("send", "--dry-run", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "'newsletter.timezone' is not an IANA time zone" in result.stderr
+
+
+def test_verbose_shows_our_debug_details_but_not_the_libraries_chatter(settings, tmp_path):
+    config = str(tmp_path / "newsletter.toml")
+    env = {**os.environ, "NEWSLETTER_SECRET": "test-secret"}
+    result = subprocess_newsletter("--config", config, "-v", "send", "--dry-run", "--date", "2026-06-25", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "markdown_it" not in result.stderr  # it logs every block rule it tries at DEBUG
+    code = (
+        "import logging; from newsletter import logs; logs.setup(True); "
+        "print(logging.getLogger('newsletter.sending').isEnabledFor(logging.DEBUG), "
+        "logging.getLogger('markdown_it').isEnabledFor(logging.DEBUG))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.split() == ["True", "False"]
 
 
 def test_help_loads_neither_premailer_nor_requests():
