@@ -3,24 +3,52 @@
 Read-only over the state database: subscribers by status and frequency, suppressions by
 reason, the last editions with their counts, the last test copies, and when each zone is
 due next; for one date, that edition's outcomes and the last replies of its failures.
+One write comes first (``settle_journals``): the journals of senders that stopped move into
+the ledger, as the next send would do before anything else, so that the counts are true;
+what cannot be moved yet (a full disk) is shown as ``journaled``.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from newsletter import retention, state
 from newsletter.config import Settings
+from newsletter.errors import StorageError
 from newsletter.ledger import STATUSES, DatabaseLedger, DigestLedger
 from newsletter.scheduler import mailed_on, send_moment
+from newsletter.sending import journal
 from newsletter.storage import Database
 from newsletter.subscribers import Subscriber, Tally, iter_recipients
 
 EDITIONS_SHOWN = 7
 TEST_COPIES_SHOWN = 5
 FAILURES_SHOWN = 20
+
+log = logging.getLogger(__name__)
+
+
+def settle_journals(conn: Database) -> None:
+    """Move the journals of senders that stopped (SQLite) into the ledger; one that cannot move yet stays, and is logged."""
+    folder = journal.folder_of(conn)
+    if folder is None:
+        return
+    failures: tuple[type[BaseException], ...] = (OSError, StorageError, *conn.errors)
+    try:
+        journal.replay(folder, DatabaseLedger(conn))
+    except failures as exc:
+        reason = conn.error(exc) if isinstance(exc, conn.errors) else exc
+        log.warning("the journals in %s stay until the next send: %s", folder, reason)
+
+
+def journaled(conn: Database) -> dict[str, int]:
+    """Acceptances by date still in the journals of stopped senders: delivered, not yet in the ledger's counts."""
+    folder = journal.folder_of(conn)
+    found = journal.waiting(folder) if folder is not None else {}
+    return {day.isoformat(): n for day, n in sorted(found.items())}
 
 
 def overview(settings: Settings, conn: Database, now: datetime) -> dict[str, Any]:
@@ -33,6 +61,7 @@ def overview(settings: Settings, conn: Database, now: datetime) -> dict[str, Any
         "editions": last_editions(conn),
         "test_copies": test_copies(conn),
         "next_due": next_due(settings, conn, now),
+        "journaled": journaled(conn),
     }
 
 
@@ -142,4 +171,5 @@ def edition_detail(conn: Database, day: date, limit: int = FAILURES_SHOWN) -> di
         "not_delivered": [dict(zip(keys, row, strict=True)) for row in rows],
         "pruned": retention.is_folded(conn, day),  # its recipient rows are folded into totals: counts only
         "tests": [copy for copy in test_copies(conn, limit) if copy["date"] == day.isoformat()],
+        "journaled": journaled(conn).get(day.isoformat(), 0),
     }

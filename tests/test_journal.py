@@ -8,10 +8,13 @@ sent twice; applying it twice changes nothing.
 import os
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
+from click.testing import CliRunner
 
-from newsletter import storage
+from newsletter import status, storage
+from newsletter.cli import cli, edition_text
 from newsletter.editions import send_day
 from newsletter.errors import DeliveryError
 from newsletter.ledger import DatabaseLedger
@@ -19,7 +22,7 @@ from newsletter.mail.transport import Abort
 from newsletter.sending import journal
 from newsletter.sending.engine import Acceptances
 from newsletter.sending.journal import Journal
-from newsletter.storage import postgres
+from newsletter.storage import postgres, sqlite
 from tests import test_delivery
 from tests.test_delivery import DAY, ledger_rows
 from tests.test_senders import planned_ledger
@@ -149,3 +152,42 @@ def test_an_acceptance_that_cannot_be_journaled_stops_the_run_before_the_next_co
 def test_a_postgresql_ledger_keeps_no_journal(pg_server):
     with postgres.connect(pg_server.fresh_database("journal_none")) as db:
         assert journal.folder_of(db) is None
+
+
+# What status shows after a sender stopped: its journal holds deliveries the ledger does not count yet.
+
+
+def test_status_moves_a_stopped_senders_journal_into_the_ledger_before_it_counts(ledger):
+    killed_sender(ledger, "gone:1:abc", 3)
+    live = Journal(folder_of(ledger), "here:2:def")  # a sender still running moves its own journal
+    live.append(DAY, [("reader5@example.com", "250 ok")])
+    before = status.edition_detail(ledger.conn, DAY)
+    assert (before["counts"]["delivered"], before["journaled"]) == (0, 3), "not counted yet, but shown"
+    status.settle_journals(ledger.conn)
+    after = status.edition_detail(ledger.conn, DAY)
+    assert (after["counts"]["delivered"], after["journaled"]) == (3, 0)
+    assert statuses(ledger)["reader5@example.com"] == "pending", "a live sender's journal is left to it"
+    live.close()
+
+
+def test_a_journal_the_ledger_cannot_take_yet_is_shown_beside_the_counts(smtp_server, make_sender, caplog):
+    settings = make_sender(smtp_server, count=6)
+    ledger = planned_ledger(settings, 6)
+    killed_sender(ledger, "gone:1:abc", 2)
+    readonly = sqlite.connect_readonly(settings.paths.state)
+    assert readonly is not None
+    status.settle_journals(readonly)  # the ledger refuses the write (read-only here, a full disk alike)
+    assert "stay until the next send" in caplog.text
+    detail = status.edition_detail(readonly, DAY)
+    assert detail["journaled"] == 2
+    assert f"journaled: 2 of {DAY.isoformat()} delivered but not yet in these counts" in edition_text(detail)
+    assert status.overview(settings, readonly, datetime.now(UTC))["journaled"] == {DAY.isoformat(): 2}
+
+
+def test_the_status_command_counts_a_stopped_senders_deliveries(smtp_server, make_sender, tmp_path, monkeypatch):
+    settings = make_sender(smtp_server, count=6)
+    killed_sender(planned_ledger(settings, 6), "gone:1:abc", 4)
+    monkeypatch.setenv("NEWSLETTER_SECRET", "s")
+    config = str(tmp_path / "newsletter.toml")
+    result = CliRunner().invoke(cli, ["--config", config, "status", "--date", DAY.isoformat()], catch_exceptions=False)
+    assert result.exit_code == 0 and "delivered 4" in result.stdout and "journaled" not in result.stdout

@@ -72,7 +72,7 @@ def test_status_of_a_date_shows_outcomes_and_the_last_replies_of_failures(sent):
 
 def test_json_for_scripts(sent):
     data = json.loads(status(sent, "--json"))
-    assert set(data) == {"subscribers", "suppressions", "editions", "test_copies", "next_due"}
+    assert set(data) == {"subscribers", "suppressions", "editions", "test_copies", "next_due", "journaled"}
     assert data["editions"][0] == {
         "date": "2026-06-24", "kind": "edition", "event": "06-24-first-thing",
         "pending": 0, "delivered": 2, "failed": 1, "bounced": 1, "skipped": 0,

@@ -127,6 +127,30 @@ def replay(folder: Path, ledger: Ledger) -> int:
     return applied
 
 
+def waiting(folder: Path) -> dict[date, int]:
+    """Acceptances by date in the journals no sender holds: delivered, but not yet in the ledger (``replay`` moves them)."""
+    found: dict[date, int] = defaultdict(int)
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".log"))
+    except FileNotFoundError:
+        return {}
+    for name in names:
+        try:
+            fd = os.open(folder / name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live sender's: it moves the journal itself within moments
+            for day, _, _ in read(folder / name)[1]:
+                found[day] += 1
+        finally:
+            os.close(fd)
+    return dict(found)
+
+
 def read(path: Path) -> tuple[str | None, list[tuple[date, str, str]]]:
     """A journal's owner and its complete lines (a line cut short by a crash was never acknowledged as recorded)."""
     try:
