@@ -47,6 +47,13 @@ def read_link_token(secret: str, list_id: str, token: object, purpose: str) -> s
     return link_id
 
 
+def is_sample_token(secret: str, list_id: str, token: object, purpose: str) -> bool:
+    """Whether a token is ours for no subscriber (NO_ID): a link of a sample or of a test copy to an address not on the list."""
+    if not isinstance(token, str) or not LINK_TOKEN.fullmatch(token) or token[:32] != NO_ID:
+        return False
+    return hmac.compare_digest(token[32:], _link_mac(secret, purpose, list_id, NO_ID))
+
+
 def legacy_accepted(since: datetime, now: datetime, days: float) -> bool:
     """Whether old-form links are still read: for ``days`` after the new form was first used."""
     return now < since + timedelta(days=days)

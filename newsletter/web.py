@@ -114,14 +114,36 @@ class WebApp:
         since = state.link_tokens_since(conn)
         return tokens.legacy_accepted(since, time_now(self.clock), self.settings.web.legacy_link_days)
 
+    def _sample_page(self, request: Request) -> Response | None:
+        """The page of a link from a sample or a test copy to an address not on the list (it changes nothing); else None."""
+        token = request.query_params.get("token", "")
+        if not tokens.is_sample_token(self.secret, self.list_id, token, "unsubscribe"):
+            return None
+        if request.method == "POST":
+            return PlainTextResponse("", status_code=200)  # a mailbox provider's one-click: nothing to do
+        return self.page(
+            "message",
+            heading="This link is from a test copy",
+            text="That email went to an address that is not on our list, so its links open nothing. "
+            "In each reader's own email, this link opens their own page.",
+        )
+
     async def unsubscribe(self, request: Request) -> Response:
         address = await run_in_threadpool(self._reader, request.query_params.get("token", ""))
-        if not address:
-            return self.page(
+        if address is None:
+            return self._sample_page(request) or self.page(
                 "message",
                 400,
                 heading="This link is not valid",
                 text="The unsubscribe link is incomplete or has been altered. Please use the link from one of our emails.",
+            )
+        if not address:  # one of our links, its reader no longer on the list (removed, or erased)
+            if request.method == "POST":
+                return PlainTextResponse("", status_code=200)
+            return self.page(
+                "message",
+                heading="You are not on our list",
+                text="The address of this link is no longer on our list: we send it nothing.",
             )
         token = request.query_params["token"]
         if request.method == "GET":
@@ -163,7 +185,7 @@ class WebApp:
         token = request.query_params.get("token", "")
         address = await run_in_threadpool(self._reader, token)  # the unsubscribe link's token opens this page too
         if address is None:
-            return self.page(
+            return self._sample_page(request) or self.page(
                 "message",
                 400,
                 heading="This link is not valid",

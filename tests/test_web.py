@@ -15,7 +15,7 @@ import pytest
 
 from newsletter import state, storage, subscribers, tokens
 from newsletter.config import bundled
-from newsletter.editions import send_day
+from newsletter.editions import send_day, send_test_copy
 from newsletter.render import list_id
 from tests.conftest import free_port, strict_html, subprocess_env
 
@@ -122,6 +122,30 @@ def test_forged_or_altered_tokens_get_400_and_change_nothing(site):
         response = client.post(f"/unsubscribe?token={token}", data={"List-Unsubscribe": "One-Click"})
         assert response.status_code == 400
         assert "Traceback" not in response.text
+    assert suppressed(settings) == {}
+
+
+def test_the_links_of_a_test_copy_to_an_address_not_on_the_list_say_so_and_change_nothing(site, smtp_server):
+    settings, client = site
+    send_test_copy(settings, date(2026, 6, 25), "me@example.org")
+    (message,) = [m.message for m in smtp_server.handler.messages if m.rcpt_tos == ["me@example.org"]]
+    token = str(message["List-Unsubscribe"]).split(",")[0].strip().strip("<>").split("token=")[1]
+    assert token[:32] == tokens.NO_ID, "no reader behind it: no reader's id in it"
+    for path in ("/unsubscribe", "/preferences"):
+        page = client.get(f"{path}?token={token}")
+        assert page.status_code == 200 and "This link is from a test copy" in page.text
+    assert client.post(f"/unsubscribe?token={token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert suppressed(settings) == {}
+    altered = token[:-1] + ("0" if token[-1] != "0" else "1")
+    assert client.get(f"/unsubscribe?token={altered}").status_code == 400
+
+
+def test_the_unsubscribe_link_of_a_reader_no_longer_on_the_list_says_so(site):
+    settings, client = site
+    token = token_for(settings, "gone@example.org")  # well made, for an id nobody has (any more)
+    page = client.get(f"/unsubscribe?token={token}")
+    assert page.status_code == 200 and "You are not on our list" in page.text
+    assert client.post(f"/unsubscribe?token={token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert suppressed(settings) == {}
 
 
