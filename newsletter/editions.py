@@ -287,12 +287,24 @@ def plan_list(settings: Settings, day: date) -> tuple[int, Tally]:
     return result.planned, tally
 
 
-def plan_day(settings: Settings, day: date, *, retry_failed: bool = False, now: datetime | None = None) -> SendResult:
-    """Record, render and plan an edition without sending it (``send --processes`` plans once, then its senders help)."""
+def plan_day(
+    settings: Settings,
+    day: date,
+    *,
+    retry_failed: bool = False,
+    now: datetime | None = None,
+    rendered_hook: Callable[[], None] = lambda: None,
+) -> SendResult:
+    """Record, render and plan an edition without sending it (``send --processes`` plans once, then its senders help).
+
+    ``rendered_hook`` is called once the edition is rendered (its inlined HTML in the state
+    folder's cache), before the planning.
+    """
     conn = storage.connect(settings)
     try:
         with conn.guarded():
             rendered, result = _prepare(settings, day, conn, retry_failed=retry_failed, now=now)
+            rendered_hook()
             if not retry_failed:
                 _note_skipped(result, _plan(settings, day, conn, rendered.message_id_for, None, result))
             return result

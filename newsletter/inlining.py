@@ -60,6 +60,7 @@ def inline(html: str, templates: Path, state_dir: Path | None = None) -> str:
         return cached
     writable = folder is not None and state_dir is not None and state_dir.is_dir()
     styles = Styles.load(folder / STYLES_FILE) if folder is not None else Styles()
+    log.debug("inlining the CSS with premailer (not in the cache yet)")
     inlined = premailer_inline(html, css, media, styles)
     if writable and folder is not None:
         write_cached(folder, key, inlined)

@@ -5,6 +5,10 @@ each with its own database connection and SMTP connections) call ``send_day(plan
 and share the edition through the ledger's leases like senders on different machines would:
 they start sending the rows planned so far, and take the rest as they appear, until the
 planning is over (an event the pool hands each process when it starts).
+
+Each process waits for the parent's render of the edition (it imports meanwhile), whose
+inlined HTML it then reads from the state folder's cache instead of running premailer again.
+
 Their results add up to one summary. Errors keep their meaning: the relay down in any
 process is exit status 3 (every row not sent stays pending); a process that dies leaves its
 rows to the others (a gone process of this machine is taken over at once).
@@ -18,13 +22,14 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from datetime import date, datetime
+from multiprocessing import synchronize
 
 from newsletter import storage
 from newsletter.config import Settings
 from newsletter.editions import NoProgress, Planner, Progress, plan_day, send_day
 from newsletter.errors import DeliveryError, NewsletterError, RelayDown
 from newsletter.ledger import DatabaseLedger
-from newsletter.sending.engine import Done, SendResult
+from newsletter.sending.engine import SendResult
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +49,18 @@ def send_with_processes(
     progress = progress or NoProgress()
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds a database connection
-    planned = context.Event()
+    planned, rendered = context.Event(), context.Event()
     plans: list[SendResult] = []
-    planner = Planner(lambda: plans.append(plan_day(settings, day, retry_failed=retry_failed, now=now)), planned)
+
+    def planning() -> None:
+        try:
+            plans.append(plan_day(settings, day, retry_failed=retry_failed, now=now, rendered_hook=rendered.set))
+        finally:
+            rendered.set()  # whatever happened: a sender never waits for a render that will not come
+
+    planner = Planner(planning, planned)
     with ProcessPoolExecutor(
-        max_workers=processes, mp_context=context, initializer=_hand_planning, initargs=(planned,)
+        max_workers=processes, mp_context=context, initializer=_hand_events, initargs=(planned, rendered)
     ) as pool:
         futures = [pool.submit(_sender, settings, day, retry_failed, now, verbose()) for _ in range(processes)]
         planner.start()  # the processes start (and import) meanwhile, then send the rows planned so far
@@ -69,12 +81,14 @@ def send_with_processes(
     return result
 
 
-_PLANNED: list[Done] = []  # in a sender process: the parent's planning event, handed over once by the pool
+RENDER_PATIENCE = 60.0  # seconds a sender waits for the parent's render before it renders the edition itself
+
+_EVENTS: list[synchronize.Event] = []  # in a sender process: the parent's planning and render events, handed over once by the pool
 
 
-def _hand_planning(planned: Done) -> None:
-    """The pool's initializer: keep the event that tells this process when the planning is over."""
-    _PLANNED[:] = [planned]
+def _hand_events(planned: synchronize.Event, rendered: synchronize.Event) -> None:
+    """The pool's initializer: keep the events that tell this process when the planning is over and the edition rendered."""
+    _EVENTS[:] = [planned, rendered]
 
 
 def verbose() -> bool:
@@ -87,7 +101,10 @@ def _sender(settings: Settings, day: date, retry_failed: bool, now: datetime | N
 
     logs.setup(debug)
     logging.getLogger("newsletter").setLevel(logging.DEBUG if debug else settings.newsletter.log_level.upper())
-    return send_day(settings, day, retry_failed=retry_failed, now=now, plan=False, planning=_PLANNED[0] if _PLANNED else None)
+    planned, rendered = _EVENTS if _EVENTS else (None, None)
+    if rendered is not None:
+        rendered.wait(RENDER_PATIENCE)  # then the edition's inlined HTML is in the cache
+    return send_day(settings, day, retry_failed=retry_failed, now=now, plan=False, planning=planned)
 
 
 def _watch(settings: Settings, day: date, futures: list[Future], progress: Progress, retry_failed: bool) -> None:

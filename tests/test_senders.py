@@ -6,6 +6,7 @@ The server on 127.0.0.1 counts messages per recipient: everyone once, and after 
 at most the dead sender's connections twice.
 """
 
+import logging
 import os
 import signal
 import subprocess
@@ -146,6 +147,26 @@ def test_send_processes_send_while_the_edition_is_planned_and_wait_for_its_end(
     result = senders.send_with_processes(settings, DAY, 2)
     assert result.delivered == 20, result.summary()
     assert Counter(smtp_server.handler.recipients()) == Counter(f"reader{i}@example.com" for i in range(20))
+
+
+def test_send_processes_render_the_edition_once_and_the_senders_read_it_from_the_cache(
+    smtp_server, make_sender, monkeypatch, caplog, capfd
+):
+    settings = make_sender(smtp_server, count=6, smtp="connections = 2\n")
+    plan = senders.plan_day
+
+    def slow_to_start(settings, day, **options):
+        time.sleep(1.5)  # the senders have started and imported long before the edition is rendered
+        return plan(settings, day, **options)
+
+    monkeypatch.setattr(senders, "plan_day", slow_to_start)
+    monkeypatch.setattr(logging.getLogger("newsletter"), "level", logging.DEBUG)  # the senders log at DEBUG too
+    with caplog.at_level(logging.DEBUG, logger="newsletter"):
+        result = senders.send_with_processes(settings, DAY, 2)
+    assert result.delivered == 6
+    inlined = "inlining the CSS with premailer"
+    assert caplog.text.count(inlined) == 1, "the parent renders the edition"
+    assert inlined not in capfd.readouterr().err, "no sender process ran premailer: they waited for the cache"
 
 
 def ledger_rows_of(tmp_path):
