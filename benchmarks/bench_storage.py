@@ -6,7 +6,8 @@
    end to end (planning included) and CPU per message (the senders, smtp-sink, and for PostgreSQL the
    database server too). Target: 2 processes at least 1.6x the rate of 1 on a 2-core machine.
    Beside it, what the cores allow: all cores divided by the CPU a message of every process of the
-   2-process run. The SMTP server and the database share the cores with the senders here, so a
+   2-process run, and the same for the share of the cores the hypervisor left us (its steal time
+   during that run, from /proc/stat). The SMTP server and the database share the cores with the senders here, so a
    rate of 1.6x needs the senders to cost at least 4x what the server and database cost a message.
 2. million: LARGE (default 1,000,000) subscribers through the library, one sender: the first
    sync of the CSV into the list, planning the edition (send_day plans it in a thread while it
@@ -67,6 +68,12 @@ def process_cpu(pid: int) -> float:
     """CPU seconds of a process and of its children that ended (a PostgreSQL server and its backends)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's CPU time since boot, in ticks: (all of it, the part stolen by the hypervisor)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields), fields[7]  # user nice system idle iowait irq softirq steal
 
 
 def has_processes_option() -> bool:  # else N `newsletter send` processes at once (they share the edition)
@@ -237,15 +244,17 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int, sink: int)
         run_config = write_config(run, csv, port, run_url)
         if pg:
             pg.reset_statements()
-        cpu0, server0, sink0 = children_cpu(), pg.cpu() if pg else 0.0, process_cpu(sink)
+        cpu0, server0, sink0, ticks0 = children_cpu(), pg.cpu() if pg else 0.0, process_cpu(sink), cpu_ticks()
         started = time.perf_counter()
         send(run_config, processes, multi)
         elapsed = time.perf_counter() - started
+        ticks1 = cpu_ticks()
         figures[processes] = {
             "rate": count / elapsed,
             "cpu_us": (children_cpu() - cpu0) / count * 1e6,
             "server_us": ((pg.cpu() - server0) if pg else 0.0) / count * 1e6,
             "sink_us": (process_cpu(sink) - sink0) / count * 1e6,
+            "stolen": (ticks1[1] - ticks0[1]) / max(1, ticks1[0] - ticks0[0]),  # the share the hypervisor kept
         }
         server = f" + database server {figures[processes]['server_us']:.0f} us" if pg else ""
         print(
@@ -275,6 +284,13 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int, sink: int)
         f"{ceiling_rate:.0f} msg/s = {ceiling_rate / one:.2f}x of 1 process",
         f"{spent:.0f} us a message in the 2-process run; 2 processes reached {two['rate'] / ceiling_rate:.0%} of it; "
         "if < 1.6x, the target is beyond this machine",
+        None,
+    )
+    kept = cores * (1 - two["stolen"])
+    line(
+        f"{backend}: ... of which the hypervisor left us",
+        f"{kept:.2f} cores ({two['stolen']:.0%} stolen): {kept * 1e6 / spent:.0f} msg/s = {kept * 1e6 / spent / one:.2f}x",
+        f"2 processes reached {two['rate'] / (kept * 1e6 / spent):.0%} of it (/proc/stat's steal during the run)",
         None,
     )
     for processes in (2, 4):
