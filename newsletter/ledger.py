@@ -137,6 +137,13 @@ RECORD_RETRY = (
 )  # the row stays this sender's (its lease held) until the retry is done
 
 
+# Rows planned a transaction. PostgreSQL: one INSERT ... SELECT FROM unnest statement of 2,000.
+# SQLite: 250, since the transaction holds the one write lock while the senders' claims and
+# journal moves wait for it (with 2,000 a sender's connections ran out of rows meanwhile:
+# a send of 20,000 with 1 or 2 processes was about 10% faster with 250).
+PLAN_BATCH = {"postgresql": 2000, "sqlite": 250}
+
+
 class DatabaseLedger:
     """The ledger in the state database (either backend); safe to share between sending threads."""
 
@@ -165,9 +172,14 @@ class DatabaseLedger:
         return "kind = ?", (self.KIND,)
 
     def plan(
-        self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str], batch: int = 2000
+        self, day: date, subscribers: Iterable[Subscriber], message_id: Callable[[Subscriber], str], batch: int = 0
     ) -> int:
-        """Add a pending row (with its Message-ID) for every subscriber not yet in this edition; return how many were new."""
+        """Add a pending row (with its Message-ID) for every subscriber not yet in this edition; return how many were new.
+
+        ``batch`` rows at a time (default ``PLAN_BATCH`` of the backend), each batch one
+        transaction, so that senders claim the rows planned so far while the rest is planned.
+        """
+        batch = batch or PLAN_BATCH[self.conn.backend]
         added, analyzed = 0, 0
         rows: list[tuple[str, ...]] = []
         now = utcnow_text()
