@@ -9,7 +9,7 @@ microseconds per subscriber.
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import logging
 import re
 import textwrap
@@ -164,9 +164,15 @@ def unsubscribe_url(settings: Settings, public_id: str, secret: str) -> str:
     return unsubscribe_base(settings) + tokens.make_link_token(secret, list_id(settings), public_id, "unsubscribe")
 
 
-def message_id(settings: Settings, day: date, email: str, kind: str = "edition") -> str:
-    """Return the Message-ID of an edition (or a weekly digest) for one address: the same on every (re)send."""
-    digest = hashlib.sha256(f"{list_id(settings)}\0{email.lower()}".encode()).hexdigest()[:24]
+def message_id(settings: Settings, day: date, email: str, kind: str = "edition", secret: str | None = None) -> str:
+    """Return the Message-ID of an edition (or a weekly digest) for one address: the same on every (re)send.
+
+    Its middle is an HMAC of the list and the address with NEWSLETTER_SECRET (``secret``, else
+    the settings'), so that nobody who sees a message's ID can test guesses of its reader's
+    address, as they could with a plain hash.
+    """
+    key = (secret if secret is not None else settings.signing_secret()).encode("utf-8")
+    digest = hmac.digest(key, f"message-id\0{list_id(settings)}\0{email.lower()}".encode(), "sha256").hex()[:24]
     tag = "" if kind == "edition" else f"{kind}."
     return f"<{day:%Y%m%d}.{tag}{digest}@{settings.sender_domain}>"
 
@@ -208,7 +214,7 @@ class RenderedEdition:
     kind: str = "edition"  # or "digest": a weekly reader's message, whose edition is the latest of its week
 
     def message_id_for(self, subscriber: Subscriber) -> str:
-        return message_id(self.settings, self.edition.day, subscriber.email, self.kind)
+        return message_id(self.settings, self.edition.day, subscriber.email, self.kind, self.secret)
 
     def message_for(self, subscriber: Subscriber, message_id: str = "") -> bytes:
         """Return the complete message (CRLF line endings) for one subscriber."""

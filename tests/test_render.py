@@ -2,6 +2,7 @@
 
 import email
 import email.policy
+import hashlib
 import re
 from datetime import UTC, date, datetime
 from email.utils import getaddresses, parsedate_to_datetime
@@ -11,7 +12,7 @@ import pytest
 
 from newsletter import tokens
 from newsletter.events import load_events
-from newsletter.render import HTML_LIMIT, list_id, render_digest, render_edition
+from newsletter.render import HTML_LIMIT, list_id, message_id, render_digest, render_edition
 from newsletter.selection import select_edition
 from newsletter.subscribers import Subscriber
 from tests.conftest import event_text, strict_html, write_event
@@ -51,6 +52,7 @@ def test_every_header(rendered, settings):
     assert parsedate_to_datetime(message["Date"]) == NOW
     assert message["Message-ID"] == rendered.message_id_for(subscriber)
     assert message["Message-ID"].endswith("@example.org>")
+    assert message["Message-ID"] == message_id(settings, rendered.edition.day, "ADA@example.com"), "stable, any case"
     assert message["List-Id"] == f"What happened today in history? <{list_id(settings)}>"
     https, mailto = [u.strip().strip("<>") for u in message["List-Unsubscribe"].split(",")]
     assert https.startswith("https://example.org/history/unsubscribe?token=")
@@ -339,3 +341,14 @@ def test_no_greeting_at_all_when_it_is_empty(make_settings, event_folder):
         parse(render_edition(edition, settings, now=NOW).message_for(Subscriber("a@example.com", "Ada")))
     )
     assert "Ada" not in text + html and 'class="greeting"' not in html and "Good" not in text
+
+
+def test_a_message_id_tells_nobody_which_address_it_was_sent_to(settings, make_settings):
+    """Keyed with NEWSLETTER_SECRET: without it, an ID cannot be matched against guessed addresses."""
+    day, ada = date(2026, 6, 24), "ada@example.com"
+    ours = message_id(settings, day, ada)
+    other = message_id(make_settings(env={"NEWSLETTER_SECRET": "another secret"}), day, ada)
+    assert ours != other and ours.split(".")[0] == other.split(".")[0] == "<20260624"
+    middle = ours.split(".")[1].split("@")[0]
+    plain = hashlib.sha256(f"{list_id(settings)}\0{ada}".encode()).hexdigest()
+    assert middle not in plain and message_id(settings, day, "bob@example.com") != ours
