@@ -17,12 +17,13 @@ machine would be lost with it).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Generator
 from datetime import date
 from pathlib import Path
 
@@ -99,11 +100,28 @@ def replay(folder: Path, ledger: Ledger) -> int:
     Safe to run by several senders at once: an acceptance applied twice changes nothing the
     second time (only rows still pending or failed are marked delivered).
     """
+    applied = 0
+    with contextlib.closing(_unheld(folder, fcntl.LOCK_EX)) as journals:
+        for path, rows in journals:
+            if rows:
+                _apply(ledger, rows)
+            path.unlink(missing_ok=True)
+            applied += len(rows)
+    return applied
+
+
+def waiting(folder: Path) -> dict[date, int]:
+    """Acceptances by date in the journals no sender holds: delivered, but not yet in the ledger (``replay`` moves them)."""
+    with contextlib.closing(_unheld(folder, fcntl.LOCK_SH)) as journals:
+        return dict(Counter(day for _, rows in journals for day, _, _ in rows))
+
+
+def _unheld(folder: Path, lock: int) -> Generator[tuple[Path, list[tuple[date, str, str]]], None, None]:
+    """The journals of a folder that no live sender holds, with their rows; each stays locked (``lock``) while the caller handles it."""
     try:
         names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".log"))
     except FileNotFoundError:
-        return 0
-    applied = 0
+        return
     for name in names:
         path = folder / name
         try:
@@ -112,43 +130,14 @@ def replay(folder: Path, ledger: Ledger) -> int:
             continue
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, lock | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its sender is alive and moves it itself
             owner, rows = read(path)
-            if owner is None:
-                continue
-            if rows:
-                _apply(ledger, rows)
-            path.unlink(missing_ok=True)
-            applied += len(rows)
+            if owner is not None:
+                yield path, rows
         finally:
             os.close(fd)
-    return applied
-
-
-def waiting(folder: Path) -> dict[date, int]:
-    """Acceptances by date in the journals no sender holds: delivered, but not yet in the ledger (``replay`` moves them)."""
-    found: dict[date, int] = defaultdict(int)
-    try:
-        names = sorted(entry.name for entry in os.scandir(folder) if entry.name.endswith(".log"))
-    except FileNotFoundError:
-        return {}
-    for name in names:
-        try:
-            fd = os.open(folder / name, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live sender's: it moves the journal itself within moments
-            for day, _, _ in read(folder / name)[1]:
-                found[day] += 1
-        finally:
-            os.close(fd)
-    return dict(found)
 
 
 def read(path: Path) -> tuple[str | None, list[tuple[date, str, str]]]:
