@@ -38,20 +38,22 @@ def make_link_token(secret: str, list_id: str, link_id: str, purpose: str) -> st
 
 
 def read_link_token(secret: str, list_id: str, token: object, purpose: str) -> str | None:
-    """Return the id of a valid token, or None for anything else (forged, altered, respelled, another purpose)."""
-    if not isinstance(token, str) or not LINK_TOKEN.fullmatch(token):
-        return None
-    link_id, mac = token[:32], token[32:]
-    if link_id == NO_ID or not hmac.compare_digest(mac, _link_mac(secret, purpose, list_id, link_id)):
-        return None
-    return link_id
+    """Return the id of a valid token, or None for anything else (forged, altered, respelled, another purpose, NO_ID)."""
+    link_id = _signed_id(secret, list_id, token, purpose)
+    return None if link_id == NO_ID else link_id
 
 
 def is_sample_token(secret: str, list_id: str, token: object, purpose: str) -> bool:
     """Whether a token is ours for no subscriber (NO_ID): a link of a sample or of a test copy to an address not on the list."""
-    if not isinstance(token, str) or not LINK_TOKEN.fullmatch(token) or token[:32] != NO_ID:
-        return False
-    return hmac.compare_digest(token[32:], _link_mac(secret, purpose, list_id, NO_ID))
+    return _signed_id(secret, list_id, token, purpose) == NO_ID
+
+
+def _signed_id(secret: str, list_id: str, token: object, purpose: str) -> str | None:
+    """The id of a token in its one spelling whose HMAC is ours for this purpose (NO_ID included); else None."""
+    if not isinstance(token, str) or not LINK_TOKEN.fullmatch(token):
+        return None
+    link_id, mac = token[:32], token[32:]
+    return link_id if hmac.compare_digest(mac, _link_mac(secret, purpose, list_id, link_id)) else None
 
 
 def legacy_accepted(since: datetime, now: datetime, days: float) -> bool:
