@@ -279,7 +279,7 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int, sink: int)
         None,
     )
     two = figures[2]
-    spent = two["cpu_us"] + two["server_us"] + two["sink_us"]  # every process of the run, a message
+    spent = spent_us(two)
     cores = os.cpu_count() or 1
     ceiling_rate = cores * 1e6 / spent
     line(
@@ -296,8 +296,7 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int, sink: int)
         f"2 processes reached {two['rate'] / (kept * 1e6 / spent):.0%} of it (/proc/stat's steal during the run)",
         None,
     )
-    first = figures[1]
-    busy = one * (first["cpu_us"] + first["server_us"] + first["sink_us"]) / 1e6  # cores the 1-process run kept busy
+    busy = one * spent_us(figures[1]) / 1e6  # cores the 1-process run kept busy
     line(
         f"{backend}: cores the 1-process run kept busy",
         f"{busy:.2f} of {cores}: at most {cores / busy:.2f}x for any number of processes",
@@ -313,6 +312,11 @@ def senders(backend: str, count: int, pg: Postgres | None, port: int, sink: int)
             f"1 process {one:.0f} msg/s; " + ("target >= 1.6x" if target else "no target (2 cores)"),
             ratio >= target if target else None,
         )
+
+
+def spent_us(figure: dict[str, float]) -> float:
+    """The CPU a message of every process of a run: the senders, the database server and smtp-sink."""
+    return figure["cpu_us"] + figure["server_us"] + figure["sink_us"]
 
 
 def ceiling(count: int, port: int) -> dict[int, float]:
